@@ -1,0 +1,86 @@
+"""Helpers shared by the backends: frame masks, masked BatchNorm and statistics, the official init.
+
+Every backend takes ``lengths[B]`` (valid frames per utterance, ``None`` = all valid) and
+turns it into a boolean frame mask ``[B, T]``. Frames at or past ``lengths[b]`` must never
+influence utterance ``b``; these helpers are the one place where that is done.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+def frame_mask(lengths: Optional[Tensor], n_frames: int) -> Optional[Tensor]:
+    """Boolean ``[B, T]`` mask, True on valid frames; ``None`` when every frame is valid.
+
+    Raises ``ValueError`` if a length is outside ``1..n_frames``.
+    """
+    if lengths is None:
+        return None
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must have shape [B], got {tuple(lengths.shape)}")
+    shortest, longest = (int(v) for v in torch.aminmax(lengths))  # one device sync
+    if shortest < 1 or longest > n_frames:
+        raise ValueError(f"lengths must lie in 1..{n_frames} (the padded frame count), got {shortest}..{longest}")
+    if shortest == n_frames:
+        return None
+    return torch.arange(n_frames, device=lengths.device) < lengths[:, None]
+
+
+def zero_padding(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Set the padded frames of channels-first ``x[B, C, T]`` to 0 (NaN-safe)."""
+    if mask is None:
+        return x
+    return x.masked_fill(~mask[:, None, :], 0.0)
+
+
+def masked_batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Apply ``norm`` to channels-first ``x[B, C, T, ...]`` with batch statistics from valid frames only.
+
+    In eval mode, or when every frame is valid, this is ``norm(x)``. In train mode with
+    padding, the valid frames are packed, normalised together (so the batch statistics and
+    the running averages ignore padding) and scattered back; padded frames come out as 0.
+    Works for BatchNorm1d/2d and SyncBatchNorm (packed input is shaped ``[N, C, 1, ...]``).
+    """
+    if mask is None or not norm.training or bool(mask.all()):
+        return norm(x)
+    channels_last = x.movedim(1, -1)  # [B, T, ..., C]
+    valid = channels_last[mask]  # [N, ..., C]
+    n_channels = x.shape[1]
+    packed = valid.reshape(-1, n_channels, *([1] * (x.dim() - 2)))  # [N*..., C, 1, ...]
+    out = channels_last.new_zeros(channels_last.shape)
+    out[mask] = norm(packed).reshape(valid.shape)
+    return out.movedim(-1, 1)  # [B, C, T, ...]
+
+
+def masked_mean_std(x: Tensor, mask: Optional[Tensor], var_floor: float) -> Tuple[Tensor, Tensor]:
+    """Mean and biased std over the valid frames of ``x[B, C, T]``, each ``[B, C, 1]``.
+
+    The variance is clamped to ``var_floor`` before the square root.
+    """
+    if mask is None:
+        mean = x.mean(dim=-1, keepdim=True)
+        var = (x - mean).pow(2).mean(dim=-1, keepdim=True)
+    else:
+        weights = mask[:, None, :].to(x.dtype)  # [B, 1, T]
+        count = weights.sum(dim=-1, keepdim=True)  # [B, 1, 1]
+        mean = (x * weights).sum(dim=-1, keepdim=True) / count
+        var = ((x - mean).pow(2) * weights).sum(dim=-1, keepdim=True) / count
+    return mean, var.clamp(min=var_floor).sqrt()
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """The official ``init_weights``: Xavier-uniform for every >1-dim weight, zeros for every bias.
+
+    Parameters are recognised by name, as in the official code (LAP's 3-D ``sq_bias`` is a
+    bias). 1-dim weights (BatchNorm scales) and SUPERB's logits keep their own init. For 3-D tensors
+    PyTorch treats the last dim as a receptive field when computing the fans.
+    """
+    for name, param in module.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if "weight" in leaf and param.dim() > 1:
+            nn.init.xavier_uniform_(param)
+        elif "bias" in leaf:
+            nn.init.zeros_(param)

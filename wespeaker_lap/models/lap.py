@@ -1,0 +1,90 @@
+"""Layer Attentive Pooling (LAP): per-frame, per-head layer gates, then max-pooling over layers.
+
+Follows the official ``LAP`` module (paper.md §1.2) step for step.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from wespeaker_lap.models.common import frame_mask, masked_batch_norm, xavier_init_
+
+
+class LayerAttentivePooling(nn.Module):
+    """Aggregate the hidden states ``x[B, T, L, D]`` of all layers into ``[B, out_dim, T]``.
+
+    1. BatchNorm over D with ONE set of statistics shared by all layers (pooled over batch,
+       time and layers, as BatchNorm2d on ``[B, D, T, L]``), then a D→D projection (the
+       official 1x1 conv, as a Linear on channels-last frames; Identity when ``n_heads == 1``).
+    2. Split D into ``n_heads`` heads of ``D / n_heads`` channels. For every frame, head and
+       layer take the mean and the max over the head's channels.
+    3. One squeeze-excitation MLP per head over the layer axis (L → ⌊L/2⌋ → ReLU → L) is
+       applied to both statistics; gates = dropout(sigmoid(MLP(mean) + MLP(max))).
+    4. Gate the features and take the max over layers (the max acts on gated values, so a
+       small gate raises a negative value: this is the authors' design, kept as is).
+    5. D→out_dim projection (1x1 conv as a Linear) and BatchNorm1d, no non-linearity.
+
+    Our extension for variable-length batches: when ``lengths`` is given, the two BatchNorms
+    take their train-mode batch statistics over valid frames only. Everything else is
+    per-frame, so padding never changes a valid frame's output (in eval mode even without
+    ``lengths``).
+    """
+
+    def __init__(self, n_layers: int, in_dim: int, out_dim: int = 512, n_heads: int = 16, dropout: float = 0.1):
+        super().__init__()
+        if n_layers < 2:
+            raise ValueError(f"LAP needs at least 2 layers (the squeeze width is n_layers // 2), got {n_layers}")
+        if n_heads < 1 or in_dim % n_heads != 0:
+            raise ValueError(f"n_heads={n_heads} must be positive and divide the input width in_dim={in_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.n_layers, self.in_dim, self.out_dim, self.n_heads = n_layers, in_dim, out_dim, n_heads
+        squeezed = n_layers // 2
+
+        self.in_norm = nn.BatchNorm2d(in_dim)
+        self.in_proj = nn.Linear(in_dim, in_dim) if n_heads > 1 else nn.Identity()
+        self.sq_weight = nn.Parameter(torch.empty(n_heads, n_layers, squeezed))
+        self.sq_bias = nn.Parameter(torch.zeros(n_heads, 1, squeezed))
+        self.ex_weight = nn.Parameter(torch.empty(n_heads, squeezed, n_layers))
+        self.ex_bias = nn.Parameter(torch.zeros(n_heads, 1, n_layers))
+        self.gate_dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(in_dim, out_dim)
+        self.out_norm = nn.BatchNorm1d(out_dim)
+        xavier_init_(self)
+
+    def _excite(self, stat: Tensor) -> Tensor:
+        """Per-head squeeze-excitation over layers: ``[N, h, 1, L] -> [N, h, 1, L]``."""
+        hidden = F.relu(torch.matmul(stat, self.sq_weight) + self.sq_bias)  # [N, h, 1, L//2]
+        return torch.matmul(hidden, self.ex_weight) + self.ex_bias
+
+    def forward(
+        self, x: Tensor, lengths: Optional[Tensor] = None, return_gates: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """``x[B, T, L, D]`` -> ``[B, out_dim, T]`` (and the gates ``[B, n_heads, T, L]``)."""
+        if x.dim() != 4 or x.shape[2] != self.n_layers or x.shape[3] != self.in_dim:
+            raise ValueError(
+                f"LAP expects hidden states [B, T, {self.n_layers}, {self.in_dim}], got {tuple(x.shape)}"
+            )
+        batch, n_frames = x.shape[:2]
+        mask = frame_mask(lengths, n_frames)
+
+        x = masked_batch_norm(self.in_norm, x.permute(0, 3, 1, 2), mask)  # [B, D, T, L]
+        x = self.in_proj(x.permute(0, 2, 3, 1))  # [B, T, L, D]
+        head_dim = self.in_dim // self.n_heads
+        x = x.reshape(batch * n_frames, self.n_layers, self.n_heads, head_dim)  # [BT, L, h, d]
+        x = x.permute(0, 2, 3, 1)  # [BT, h, d, L]
+
+        mean = x.mean(dim=2, keepdim=True)  # [BT, h, 1, L]
+        peak = x.max(dim=2, keepdim=True).values  # [BT, h, 1, L]
+        gates = self.gate_dropout(torch.sigmoid(self._excite(mean) + self._excite(peak)))  # [BT, h, 1, L]
+        pooled = (x * gates).max(dim=-1).values  # [BT, h, d]
+
+        pooled = pooled.reshape(batch, n_frames, self.in_dim)  # [B, T, D]
+        out = masked_batch_norm(self.out_norm, self.out_proj(pooled).transpose(1, 2), mask)  # [B, out_dim, T]
+        if not return_gates:
+            return out
+        gates = gates.reshape(batch, n_frames, self.n_heads, self.n_layers).transpose(1, 2)  # [B, h, T, L]
+        return out, gates
