@@ -18,3 +18,14 @@ def test_failed_write_keeps_old_content(tmp_path):
 def test_creates_parent_dirs(tmp_path):
     atomic_write_text(tmp_path / "a" / "b.txt", "x")
     assert (tmp_path / "a" / "b.txt").read_text() == "x"
+
+
+def test_file_mode_follows_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "m.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.txt").stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,24 @@
+"""Pre-trained upstreams (s3prl or HuggingFace) returning all hidden states ``[B, T, L, D]``.
+
+``s3prl`` and ``transformers`` are imported inside the functions that need them, so importing this
+package is cheap.
+"""
+from wespeaker_lap.upstream.cache import (
+    UpstreamError,
+    WeightsNotFoundError,
+    cache_file,
+    download_weights,
+    registered_url,
+    stage_weights,
+)
+from wespeaker_lap.upstream.upstream import Upstream
+
+__all__ = [
+    "Upstream",
+    "UpstreamError",
+    "WeightsNotFoundError",
+    "cache_file",
+    "download_weights",
+    "registered_url",
+    "stage_weights",
+]

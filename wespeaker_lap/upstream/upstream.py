@@ -1,0 +1,159 @@
+"""``Upstream``: a pre-trained speech model (s3prl or HuggingFace) -> all hidden states ``[B, T, L, D]``."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from wespeaker_lap.upstream.cache import (
+    HF_PREFIX,
+    UpstreamError,
+    close_matches,
+    s3prl_download_dir,
+    s3prl_names,
+    watch_s3prl_requests,
+    weights_not_found,
+)
+
+logger = logging.getLogger(__name__)
+
+_PROBE_SAMPLES = 8000  # 0.5 s: enough frames to run every layer once
+
+
+class Upstream(nn.Module):
+    """All hidden states of a pre-trained model, stacked: ``(hidden[B, T, L, D], frame_lens[B])``.
+
+    Args:
+        name: any ``s3prl.nn.S3PRLUpstream.available_names()`` entry (``wavlm_large``,
+            ``hubert_local``, ...) or ``hf:<hub id or local dir>`` for a ``transformers`` model.
+        path: checkpoint file of the ``*_local`` / ``*_url`` / ``*_custom`` names, used as given
+            (a relative path is relative to the working directory). Registered names take none:
+            s3prl would silently ignore it.
+        frozen: no gradients (``requires_grad=False``, forward under ``no_grad``) and always in
+            eval mode, even inside a model put in train mode: no dropout on frozen features.
+            Otherwise the whole model trains, the CNN feature encoder included
+            (``feature_grad_mult`` reset to 1; s3prl sets 0).
+        cache_dir: s3prl download directory for registered names (pre-stage it with
+            ``tools/download_upstream.py``; a staged file is used without network access), or the
+            ``transformers`` cache for ``hf:`` names. None: the library's default.
+
+    ``L`` counts the CNN/input state: 13 for Base models, 25 for Large. LayerDrop is off (s3prl
+    zeroes it; the ``hf:`` path does the same), so every layer runs in every step. When training,
+    parameters the forward never uses (mask embeddings, pre-training heads) are frozen, so DDP
+    needs no ``find_unused_parameters``.
+    """
+
+    def __init__(self, name: str, path: Optional[str] = None, frozen: bool = True, cache_dir: Optional[str] = None):
+        super().__init__()
+        self.name = name
+        self.frozen = frozen
+        if name.startswith(HF_PREFIX):
+            if path is not None:
+                raise UpstreamError(f"{name}: hf: names take no path; give the directory in the name (hf:/path/to/dir)")
+            from wespeaker_lap.upstream.hf import HFUpstream
+
+            self.model = HFUpstream(name[len(HF_PREFIX):], cache_dir=cache_dir)
+        else:
+            self.model = _load_s3prl(name, path, cache_dir)
+
+        self.n_layers = self.model.num_layers
+        self.hidden_dim = _single(self.model.hidden_sizes, name, "hidden sizes")
+        self.downsample_rate = _single(self.model.downsample_rates, name, "downsample rates")
+
+        if frozen:
+            self.model.requires_grad_(False)
+        else:
+            for module in self.model.modules():
+                if hasattr(module, "feature_grad_mult"):
+                    module.feature_grad_mult = 1.0
+            self._freeze_unused_parameters()
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Upstream":
+        """Set train/eval mode; a frozen upstream stays in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``wavs[B, S]`` float, ``wav_lens[B]`` valid samples -> ``(hidden[B, T, L, D], frame_lens[B])``.
+
+        Samples at or past ``wav_lens[b]`` do not reach the model (they are replaced by zeros);
+        frames at or past ``frame_lens[b]`` are padding. Frame counts follow s3prl,
+        ``(S - 1) // 320 + 1`` (its last real frame repeated), or for ``hf:`` names the real CNN
+        output, ``(S - 400) // 320 + 1``. In a padded batch the CNN's group norm and the
+        positional convolution see the zero padding, so a short utterance's last few frames (and
+        its embedding, slightly) differ from a batch of one; this is how s3prl batches too.
+        """
+        if wavs.dim() != 2 or wav_lens.shape != wavs.shape[:1]:
+            raise ValueError(f"{self.name}: expected wavs [B, S] and wav_lens [B], "
+                             f"got {tuple(wavs.shape)} and {tuple(wav_lens.shape)}")
+        grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
+        with grad:
+            hidden_states, lengths = self.model(wavs, wav_lens)
+        hidden = torch.stack(hidden_states, dim=2)  # L x [B, T, D] -> [B, T, L, D]
+        return hidden, lengths[0].to(hidden.device)
+
+    def _freeze_unused_parameters(self) -> None:
+        """Run one forward/backward on a short noise wave and freeze the parameters it leaves without gradient."""
+        was_training = self.model.training
+        self.model.eval()
+        generator = torch.Generator().manual_seed(0)
+        wavs = torch.randn(1, _PROBE_SAMPLES, generator=generator)
+        hidden_states, _ = self.model(wavs, torch.tensor([_PROBE_SAMPLES]))
+        torch.stack([h.sum() for h in hidden_states]).sum().backward()
+        params = dict(self.model.named_parameters())
+        unused = [n for n, p in params.items() if p.requires_grad and p.grad is None]
+        for param_name, param in params.items():
+            param.grad = None
+            if param_name in unused:
+                param.requires_grad_(False)
+        if unused:
+            logger.info("%s: froze %d parameters the forward does not use: %s",
+                        self.name, len(unused), ", ".join(unused))
+        self.model.train(was_training)
+
+
+def _single(values: Sequence[int], name: str, what: str) -> int:
+    if len(set(values)) != 1:
+        raise UpstreamError(f"{name}: hidden states differ in {what} ({sorted(set(values))}); they cannot be stacked")
+    return values[0]
+
+
+def _load_s3prl(name: str, path: Optional[str], cache_dir: Optional[str]) -> nn.Module:
+    """Build ``s3prl.nn.S3PRLUpstream(name)``, turning s3prl's bare failures into errors that say what to do."""
+    from s3prl.nn import S3PRLUpstream
+    from s3prl.util.download import _urls_to_filepaths
+
+    if name not in s3prl_names():
+        raise UpstreamError(f"{name}: not an s3prl upstream name{close_matches(name)} (or use hf:<hub id or dir>)")
+    registered = name in s3prl_names(only_registered=True)
+    if registered and path is not None:
+        raise UpstreamError(
+            f"{name}: a registered name downloads its own weights and s3prl ignores a path ({path}); "
+            f"for a local checkpoint use the family's *_local name (e.g. wavlm_local)"
+        )
+    if not registered and path is None:
+        raise UpstreamError(f"{name}: needs a checkpoint path (upstream.path)")
+    if path is not None and not path.startswith(("http://", "https://")):
+        path = str(Path(path).expanduser())
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: upstream checkpoint for {name} not found")
+
+    with s3prl_download_dir(cache_dir), watch_s3prl_requests() as urls:
+        try:
+            return S3PRLUpstream(name, path_or_url=path)
+        except Exception as err:
+            fetched = [(url, Path(_urls_to_filepaths(url, download=False))) for url in urls]
+            for url, target in fetched:
+                if not target.is_file():
+                    raise weights_not_found(name, url, target, err, registered) from err
+            source = ", ".join(str(target) for _, target in fetched) or path
+            if source is None:
+                raise
+            raise UpstreamError(f"{source}: could not load as {name}: {type(err).__name__}: {err}") from err
