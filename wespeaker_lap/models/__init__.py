@@ -1,6 +1,6 @@
 """Backends (LAP, SUPERB, ASTP, ECAPA-TDNN, MHFA), ``build_backend`` and the speaker model.
 
-``SpeakerModel``, ``build_speaker_model`` and ``load_speaker_model`` live in
+``SpeakerModel``, ``build_speaker_model``, ``save_speaker_model`` and ``load_speaker_model`` live in
 ``wespeaker_lap.models.speaker_model`` and are imported on first use, so importing the
 backends never pulls in the upstream code.
 """
@@ -11,7 +11,7 @@ from typing import Any
 from wespeaker_lap.models.backends import BACKENDS, backend_options, build_backend
 from wespeaker_lap.models.lap import LayerAttentivePooling
 
-_SPEAKER_MODEL_NAMES = ("SpeakerModel", "build_speaker_model", "load_speaker_model")
+_SPEAKER_MODEL_NAMES = ("SpeakerModel", "build_speaker_model", "load_speaker_model", "save_speaker_model")
 
 __all__ = ["BACKENDS", "LayerAttentivePooling", "backend_options", "build_backend", *_SPEAKER_MODEL_NAMES]
 

@@ -1,0 +1,172 @@
+"""Extraction to ark/scp, the inference API and the CLI agree on every embedding."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from wespeaker_lap.config import BackendConfig, ModelConfig, UpstreamConfig
+from wespeaker_lap.data.kaldi import DataError, load_data_dir, write_map
+from wespeaker_lap.extraction import extract_shard, merge_shards, write_training_stats
+from wespeaker_lap.inference import Embedder, load_model, plan_batches
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exp_dir(tmp_path_factory, tiny_upstreams):
+    """An experiment dir holding a tiny LAP model with non-trivial weights (``final_model.pt``)."""
+    from wespeaker_lap.models import build_speaker_model, save_speaker_model
+
+    exp = tmp_path_factory.mktemp("exp")
+    cfg = ModelConfig(UpstreamConfig(name="wavlm_local", path=str(tiny_upstreams["wavlm"])),
+                      BackendConfig(name="lap_astp", options={"hidden_dim": 32, "n_heads": 4}))
+    torch.manual_seed(0)
+    model = build_speaker_model(cfg)
+    with torch.no_grad():  # move BN statistics away from their identity init
+        for module in model.backend.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    save_speaker_model(exp / "final_model.pt", model, cfg)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A Kaldi dir of 6 utterances (3 speakers) of different lengths."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    wav_scp, utt2spk, utt2dur = {}, {}, {}
+    for i, seconds in enumerate([1.0, 2.5, 1.7, 3.1, 0.6, 2.0]):
+        key, spk = f"spk{i % 3}/utt{i}", f"spk{i % 3}"
+        t = np.arange(int(seconds * 16000)) / 16000
+        wav = 0.3 * np.sin(2 * np.pi * (150 + 70 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        path = root / f"utt{i}.wav"
+        sf.write(path, wav.astype(np.float32), 16000, subtype="PCM_16")
+        wav_scp[key], utt2spk[key], utt2dur[key] = str(path), spk, len(t) / 16000
+    write_map(root / "wav.scp", wav_scp)
+    write_map(root / "utt2spk", utt2spk)
+    write_map(root / "utt2dur", utt2dur)
+    return root
+
+
+def test_plan_batches_covers_every_item_within_limits():
+    lengths = [5, 9, 1, 9, 3, 7, 2, 8]
+    batches = plan_batches(lengths, max_batch_samples=20, max_batch_size=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3 and max(lengths[i] for i in batch) * len(batch) <= 20
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+
+
+def extract(exp_dir, data_dir, out_dir, max_batch_seconds=0.0):
+    from wespeaker_lap.models import load_speaker_model
+
+    model, _ = load_speaker_model(exp_dir / "final_model.pt")
+    data = load_data_dir(data_dir)
+    extract_shard(Embedder(model, "cpu", max_batch_seconds), data, out_dir, num_workers=0)
+    return merge_shards(data, out_dir, world=1)
+
+
+def test_api_equals_ark_and_training_stats(exp_dir, data_dir, tmp_path):
+    scp = extract(exp_dir, data_dir, tmp_path / "emb")
+    ark = dict(kaldiio.load_scp(str(scp)))
+    data = load_data_dir(data_dir)
+    assert sorted(ark) == sorted(data.wav_scp)
+    api = load_model(exp_dir)
+    for key, path in data.wav_scp.items():
+        np.testing.assert_array_equal(api.embed(path), ark[key])
+        wav, _ = sf.read(path, dtype="float32")
+        np.testing.assert_array_equal(api.embed(wav), ark[key])  # array input is preprocessed identically
+
+    write_training_stats(data, scp, tmp_path / "mean.npy", tmp_path / "emb")
+    matrix = np.stack([ark[k] for k in sorted(ark)])
+    np.testing.assert_allclose(np.load(tmp_path / "mean.npy"), matrix.mean(0), rtol=1e-5, atol=1e-6)
+    spk_means = dict(kaldiio.load_scp(str(tmp_path / "emb" / "spk_xvector.scp")))
+    for spk, utts in data.spk2utt.items():
+        np.testing.assert_allclose(spk_means[spk], np.mean([ark[u] for u in utts], 0), rtol=1e-5, atol=1e-6)
+
+
+def test_extraction_is_deterministic_and_batching_stays_close(exp_dir, data_dir, tmp_path):
+    first = dict(kaldiio.load_scp(str(extract(exp_dir, data_dir, tmp_path / "a"))))
+    again = dict(kaldiio.load_scp(str(extract(exp_dir, data_dir, tmp_path / "b"))))
+    batched = dict(kaldiio.load_scp(str(extract(exp_dir, data_dir, tmp_path / "c", max_batch_seconds=10))))
+    keys = sorted(first)
+    for key in keys:
+        np.testing.assert_array_equal(first[key], again[key])
+    # Padding shifts the upstream's normalisation statistics, so batched embeddings differ a little,
+    # but each stays nearest to its own utterance's exact embedding (the batch order is restored).
+    exact = np.stack([first[k] / np.linalg.norm(first[k]) for k in keys])
+    near = np.stack([batched[k] / np.linalg.norm(batched[k]) for k in keys])
+    cos = near @ exact.T  # [N, N]
+    assert np.all(np.diag(cos) > 0.9)
+    np.testing.assert_array_equal(cos.argmax(axis=1), np.arange(len(keys)))
+
+
+def test_missing_embedding_fails_extraction(exp_dir, data_dir, tmp_path):
+    extract(exp_dir, data_dir, tmp_path)
+    scp = tmp_path / "xvector.0.scp"
+    lines = scp.read_text().splitlines()
+    scp.write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(DataError, match="1 utterances of .*wav.scp have no embedding"):
+        merge_shards(load_data_dir(data_dir), tmp_path, world=1)
+
+
+def test_score_subtracts_training_mean(exp_dir, data_dir):
+    data = load_data_dir(data_dir)
+    a, b = data.wav_scp["spk0/utt0"], data.wav_scp["spk1/utt1"]
+    api = load_model(exp_dir)
+    ea, eb = api.embed(a), api.embed(b)
+    raw = float(ea @ eb / np.linalg.norm(ea) / np.linalg.norm(eb))
+    assert api.score(a, b) == pytest.approx(raw, abs=1e-6)
+    mean = np.full_like(ea, 0.5)
+    (exp_dir / "embeddings").mkdir(exist_ok=True)
+    np.save(exp_dir / "embeddings" / "train_mean.npy", mean)
+    try:
+        centred = load_model(exp_dir).score(a, b)
+        ca, cb = ea - mean, eb - mean
+        assert centred == pytest.approx(float(ca @ cb / np.linalg.norm(ca) / np.linalg.norm(cb)), abs=1e-6)
+    finally:
+        (exp_dir / "embeddings" / "train_mean.npy").unlink()
+
+
+def test_cli_round_trip(exp_dir, data_dir, tmp_path):
+    data = load_data_dir(data_dir)
+    wavs = [data.wav_scp["spk0/utt0"], data.wav_scp["spk2/utt2"]]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "emb.npy"
+    subprocess.run([sys.executable, "-m", "wespeaker_lap", "embed", "--exp_dir", str(exp_dir), *wavs,
+                    "--out", str(out)], check=True, env=env, capture_output=True)
+    api = load_model(exp_dir)
+    np.testing.assert_array_equal(np.load(out), np.stack([api.embed(w) for w in wavs]))
+    sim = subprocess.run([sys.executable, "-m", "wespeaker_lap", "similarity", "--exp_dir", str(exp_dir), *wavs],
+                         check=True, env=env, capture_output=True, text=True)
+    assert float(sim.stdout) == pytest.approx(api.score(*wavs), abs=1e-5)
+
+
+def test_cli_names_missing_model(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "wespeaker_lap", "similarity", "--exp_dir", str(tmp_path),
+                          "a.wav", "b.wav"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "final_model.pt: no final model" in run.stderr
+
+
+def test_gate_heat_map(exp_dir, data_dir, tmp_path):
+    from wespeaker_lap.models import load_speaker_model
+    from wespeaker_lap.scoring.gates import layer_gates, plot_gates
+
+    model, _ = load_speaker_model(exp_dir / "final_model.pt")
+    wav, _ = sf.read(load_data_dir(data_dir).wav_scp["spk0/utt3"], dtype="float32")
+    gates = layer_gates(model, wav)
+    assert gates.shape[0] == model.upstream.n_layers and gates.shape[1] >= len(wav) // 320 - 1
+    assert np.all((gates > 0) & (gates < 1))
+    plot_gates(gates, tmp_path / "gates.png")
+    assert (tmp_path / "gates.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,47 @@
+"""``wespeaker-lap`` command line: embeddings and similarity with a trained experiment.
+
+    wespeaker-lap embed --exp_dir exp/mini a.wav b.wav [--out emb.npy]
+    wespeaker-lap similarity --exp_dir exp/mini a.wav b.wav
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="wespeaker-lap", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    embed = sub.add_parser("embed", help="print (or save) the embedding of each wav")
+    embed.add_argument("wavs", nargs="+")
+    embed.add_argument("--out", help="save the [N, E] matrix as .npy instead of printing")
+    sim = sub.add_parser("similarity", help="cosine similarity of two wavs (training mean subtracted)")
+    sim.add_argument("wavs", nargs=2)
+    for sp in (embed, sim):
+        sp.add_argument("--exp_dir", required=True, help="experiment directory with final_model.pt")
+        sp.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+
+    from wespeaker_lap.inference import load_model
+    from wespeaker_lap.utils.io import atomic_open
+
+    model = load_model(args.exp_dir, device=args.device)
+    if args.command == "similarity":
+        print(f"{model.score(*args.wavs):.6f}")
+        return 0
+    embs = np.stack([model.embed(w) for w in args.wavs])
+    if args.out:
+        with atomic_open(args.out, "wb") as f:
+            np.save(f, embs)
+    else:
+        for wav, emb in zip(args.wavs, embs):
+            print(wav, " ".join(f"{x:.6f}" for x in emb))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

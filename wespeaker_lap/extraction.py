@@ -1,0 +1,108 @@
+"""Embedding extraction for a Kaldi data directory, sharded over processes, written as Kaldi ark/scp.
+
+Rank r embeds every ``world``-th length-sorted batch into ``xvector.<r>.ark``; rank 0 then
+merges the per-rank scp files into ``xvector.scp`` and fails if any utterance is missing.
+For a training set it also writes the mean embedding and the per-speaker mean embeddings
+(the AS-Norm cohort).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wespeaker_lap.data.kaldi import DataDir, DataError, read_map
+from wespeaker_lap.inference import SAMPLE_RATE, Embedder, plan_batches
+from wespeaker_lap.utils.io import atomic_open
+
+log = logging.getLogger(__name__)
+
+
+class _BatchAudio(Dataset):
+    """Loads the waveforms of one planned batch per item (so workers read audio in parallel)."""
+
+    def __init__(self, data: DataDir, keys: Sequence[str], batches: Sequence[Sequence[int]]):
+        self.data, self.keys, self.batches = data, keys, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        from wespeaker_lap.data.audio import read_audio
+
+        keys = [self.keys[j] for j in self.batches[i]]
+        return keys, [read_audio(k, self.data.wav_scp[k], SAMPLE_RATE) for k in keys]
+
+
+def utterance_lengths(data: DataDir, keys: Sequence[str]) -> List[int]:
+    """Lengths in samples, from ``utt2dur`` when present, else from the audio headers."""
+    if data.utt2dur:
+        missing = [k for k in keys if k not in data.utt2dur]
+        if missing:
+            raise DataError(f"{data.path / 'utt2dur'}: no duration for utterance {missing[0]!r}")
+        return [int(round(data.utt2dur[k] * SAMPLE_RATE)) for k in keys]
+    import soundfile as sf
+
+    return [sf.info(data.wav_scp[k]).frames for k in tqdm(keys, desc="reading durations", leave=False)]
+
+
+def extract_shard(embedder: Embedder, data: DataDir, out_dir: Path, rank: int = 0, world: int = 1,
+                  num_workers: int = 2) -> Path:
+    """Embed this rank's share of ``data`` into ``out_dir/xvector.<rank>.{ark,scp}``."""
+    import kaldiio
+
+    keys = sorted(data.wav_scp)
+    batches = plan_batches(utterance_lengths(data, keys), embedder.max_batch_samples, embedder.max_batch_size)
+    mine = batches[rank::world]
+    loader = DataLoader(_BatchAudio(data, keys, mine), batch_size=None, num_workers=num_workers)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ark, scp = out_dir / f"xvector.{rank}.ark", out_dir / f"xvector.{rank}.scp"
+    with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer:
+        for batch_keys, wavs in tqdm(loader, desc=f"extract rank {rank}", disable=rank != 0):
+            for key, emb in zip(batch_keys, embedder.embed_batch(wavs)):
+                writer(key, emb)
+    return scp
+
+
+def merge_shards(data: DataDir, out_dir: Path, world: int) -> Path:
+    """Concatenate per-rank scp files into ``xvector.scp``; every utterance must be there."""
+    merged: Dict[str, str] = {}
+    for rank in range(world):
+        merged.update(read_map(out_dir / f"xvector.{rank}.scp"))
+    missing = sorted(set(data.wav_scp) - set(merged))
+    if missing:
+        raise DataError(f"{out_dir}: {len(missing)} utterances of {data.path / 'wav.scp'} have no embedding, "
+                        f"e.g. {missing[0]!r}")
+    scp = out_dir / "xvector.scp"
+    with atomic_open(scp, "w", encoding="utf-8") as f:
+        for key in sorted(merged):
+            f.write(f"{key} {merged[key]}\n")
+    return scp
+
+
+def write_training_stats(data: DataDir, scp: Path, mean_path: Path, cohort_dir: Path) -> None:
+    """Write the mean embedding (``.npy``) and per-speaker mean embeddings (``spk_xvector.{ark,scp}``)."""
+    import kaldiio
+
+    embs = {k: np.asarray(v, dtype=np.float64) for k, v in kaldiio.load_scp_sequential(str(scp))}
+    matrix = np.stack([embs[k] for k in sorted(embs)])  # [N_utts, E]
+    with atomic_open(mean_path, "wb") as f:
+        np.save(f, matrix.mean(axis=0).astype(np.float32))
+    cohort_dir.mkdir(parents=True, exist_ok=True)
+    ark, spk_scp = cohort_dir / "spk_xvector.ark", cohort_dir / "spk_xvector.scp"
+    with kaldiio.WriteHelper(f"ark,scp:{ark},{spk_scp}") as writer:
+        for spk, utts in sorted(data.spk2utt.items()):
+            writer(spk, np.mean([embs[u] for u in utts], axis=0).astype(np.float32))
+    log.info("training stats: mean of %d utterances -> %s; %d speaker means -> %s",
+             len(matrix), mean_path, len(data.spk2utt), spk_scp)
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels for extraction (the same wav always gives the same embedding)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
