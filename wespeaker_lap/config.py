@@ -103,7 +103,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with coupled weight decay, warmup then cosine, per optimizer step (paper.md §4)."""
+    """Adam with coupled weight decay, warmup then cosine, per optimizer step (paper.md §4).
+
+    ``batch_size`` and ``lr`` are global: each process gets ``batch_size / (world_size * accum_steps)``
+    utterances per micro-batch, and the LR is never rescaled. The LR rises linearly from ``min_lr`` to
+    ``lr`` over ``warmup_ratio`` of the steps, then follows a cosine to ``min_lr`` (``lr == min_lr``: constant).
+    """
 
     batch_size: int = 512  # global, over all processes and accumulation steps
     accum_steps: int = 1
@@ -111,21 +116,49 @@ class OptimConfig:
     min_lr: float = 1e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 5e-5
-    grad_clip: Optional[float] = None
+    grad_clip: Optional[float] = None  # max global grad norm; None: no clipping (the norm is still logged)
+
+    def __post_init__(self) -> None:
+        for key, ok, reason in (
+            ("optim.accum_steps", self.accum_steps >= 1, "must be >= 1"),
+            ("optim.batch_size", self.batch_size >= 1 and self.batch_size % max(self.accum_steps, 1) == 0,
+             f"{self.batch_size} is not a positive multiple of optim.accum_steps={self.accum_steps}"),
+            ("optim.lr", self.lr > 0, "must be > 0"),
+            ("optim.min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, optim.lr={self.lr}]"),
+            ("optim.warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
+            ("optim.weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("optim.grad_clip", self.grad_clip is None or self.grad_clip > 0, "must be > 0 or null"),
+        ):
+            if not ok:
+                raise ConfigError(f"{key}: {reason}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 40
     seed: int = 42
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # GPU only; "auto": bf16 if supported, else fp16
     init_from: Optional[str] = None  # the previous phase's final model
     slice_classes: bool = True  # drop classifier rows of classes the data cannot produce
     keep_checkpoints: int = 3
     num_average: int = 2  # last N epochs averaged into the final model
-    max_nonfinite_steps: int = 20
-    log_every: int = 10
+    save_every_steps: int = 1000  # mid-epoch checkpoint every N optimizer steps; 0: epoch ends only
+    max_nonfinite_steps: int = 20  # this many non-finite steps in a row stop the run
+    log_every: int = 10  # optimizer steps between train.log lines (metrics.jsonl gets every step)
+    sync_batchnorm: bool = True  # SyncBatchNorm across GPUs as the authors; ignored on CPU
     deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        for key, value, minimum in (
+            ("train.epochs", self.epochs, 1),
+            ("train.keep_checkpoints", self.keep_checkpoints, 1),
+            ("train.num_average", self.num_average, 1),
+            ("train.save_every_steps", self.save_every_steps, 0),
+            ("train.max_nonfinite_steps", self.max_nonfinite_steps, 1),
+            ("train.log_every", self.log_every, 1),
+        ):
+            if value < minimum:
+                raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
 
 
 @dataclass(frozen=True)

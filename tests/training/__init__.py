@@ -1,0 +1,1 @@
+"""Trainer tests (a package so that the tests can import ``training_helpers``)."""
