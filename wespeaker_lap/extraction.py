@@ -101,8 +101,3 @@ def write_training_stats(data: DataDir, scp: Path, mean_path: Path, cohort_dir: 
     log.info("training stats: mean of %d utterances -> %s; %d speaker means -> %s",
              len(matrix), mean_path, len(data.spk2utt), spk_scp)
 
-
-def set_deterministic() -> None:
-    """Deterministic kernels for extraction (the same wav always gives the same embedding)."""
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False

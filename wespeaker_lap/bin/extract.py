@@ -10,16 +10,13 @@ AS-Norm cohort as ``<out_dir>/spk_xvector.scp``.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from wespeaker_lap.data.kaldi import load_data_dir
-from wespeaker_lap.extraction import extract_shard, merge_shards, set_deterministic, write_training_stats
+from wespeaker_lap.extraction import extract_shard, merge_shards, write_training_stats
 from wespeaker_lap.inference import Embedder
 from wespeaker_lap.models import load_speaker_model
+from wespeaker_lap.training.distributed import barrier, cleanup_distributed, init_distributed, set_deterministic
 from wespeaker_lap.utils.logging import setup_logging
 
 
@@ -36,28 +33,22 @@ def main() -> None:
                    "speaker-mean cohort to <out_dir>/spk_xvector.scp")
     args = p.parse_args()
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    ctx = init_distributed()
     out_dir = Path(args.out_dir)
-    setup_logging(str(out_dir / "log" / f"extract.{rank}.log"))
+    setup_logging(str(out_dir / "log" / f"extract.{ctx.rank}.log"))
     set_deterministic()
 
     data = load_data_dir(args.data_dir, need_spk=bool(args.mean_out))
-    model, _ = load_speaker_model(args.model, device=device)
-    embedder = Embedder(model, device, args.max_batch_seconds, args.max_batch_size)
-    extract_shard(embedder, data, out_dir, rank, world, args.num_workers)
-    if world > 1:
-        dist.barrier()
-    if rank == 0:
-        scp = merge_shards(data, out_dir, world)
+    model, _ = load_speaker_model(args.model, device=ctx.device)
+    embedder = Embedder(model, str(ctx.device), args.max_batch_seconds, args.max_batch_size)
+    extract_shard(embedder, data, out_dir, ctx.rank, ctx.world_size, args.num_workers)
+    barrier()
+    if ctx.is_main:
+        scp = merge_shards(data, out_dir, ctx.world_size)
         if args.mean_out:
             write_training_stats(data, scp, Path(args.mean_out), out_dir)
         print(f"wrote {len(data.wav_scp)} embeddings to {scp}")
-    if world > 1:
-        dist.destroy_process_group()
+    cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+../voxceleb/path.sh

@@ -1,0 +1,36 @@
+# VoxCeleb recipe settings (sourced by run.sh; every variable here is also a --option of run.sh).
+train_set=vox2_dev                    # data/<train_set>: Kaldi dir of VoxCeleb2 dev (5,994 speakers)
+eval_set=vox1                         # data/<eval_set>: all of VoxCeleb1 (dev + test, for the E and H lists)
+trials="vox1/trials/vox1_O_cleaned.kaldi vox1/trials/vox1_E_cleaned.kaldi vox1/trials/vox1_H_cleaned.kaldi"
+system=lap_wavlm_base_plus            # conf/systems/<system>.yaml
+phases="phase1_frozen phase2_joint_ft phase3_lmft"   # conf/<phase>.yaml, run in order
+gpus="0,1,2,3,4,5,6,7"               # CUDA devices; torchrun starts one process per device
+cpu_procs=1                           # processes when gpus is empty (CPU, gloo)
+archive_dir=/path/to/voxceleb_archives  # the official archives you downloaded (see README)
+cache_dir=$PWD/s3prl_cache            # pre-staged upstream weights (stage 2 fills it)
+num_average=2                         # last epochs of the last phase averaged into final_model.pt
+nj=8                                  # parallel jobs for extraction, ffmpeg and list making
+extract_batch_seconds=0               # 0: one utterance per forward (exact); >0 batches by length, faster, but
+                                      # padding shifts the upstream's normalisation (WavLM Base group norm)
+top_k=300                             # AS-Norm top-k (the paper uses 600)
+calib_trials=30000                    # calibration trials sampled from the training set
+train_overrides=""                    # extra key=value config overrides for every phase
+
+# Config overrides that place the upstream: a different s3prl name (or the system's), cached weights.
+upstream_overrides() {
+  if [ -n "$1" ]; then echo "model.upstream.name=$1"; fi
+  echo "model.upstream.cache_dir=$cache_dir"
+}
+
+# Stage 1: official archives -> Kaldi dirs and cleaned trials.
+prepare_data() {
+  local/prepare_data.sh --archive_dir "$archive_dir" --nj "$nj" data
+}
+
+# Stage 2: the upstream's weights, downloaded once into $cache_dir, and the MUSAN/RIR lists.
+prepare_resources() {
+  local name
+  name=${upstream:-$(config_value.py --config "$system_conf" model.upstream.name)}
+  download_upstream.py "$name" --cache_dir "$cache_dir"
+  python -m wespeaker_lap.bin.prepare_augment --archive_dir "$archive_dir" --data_dir data --nj "$nj"
+}
