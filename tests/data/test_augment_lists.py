@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from wespeaker_lap.data.archives import ArchiveDir, read_md5_file
 from wespeaker_lap.data.augment_lists import (
     MUSAN_TYPES,
     RIR_TYPES,
@@ -14,7 +15,6 @@ from wespeaker_lap.data.augment_lists import (
     write_augment_list,
 )
 from wespeaker_lap.data.kaldi import DataError
-from wespeaker_lap.data.voxceleb import ArchiveDir, read_md5_file
 
 from . import fake_archives as fake
 

@@ -11,9 +11,9 @@ import argparse
 from typing import Optional, Sequence
 
 from wespeaker_lap.bin.prepare_voxceleb import add_archive_options, archive_dir_from_options, start_logging
+from wespeaker_lap.data.archives import PrepareError
 from wespeaker_lap.data.augment_lists import prepare_augment
 from wespeaker_lap.data.kaldi import DataError
-from wespeaker_lap.data.voxceleb import PrepareError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+from wespeaker_lap.data.archives import ArchiveDir, PrepareError, read_md5_file
 from wespeaker_lap.data.kaldi import DataError
-from wespeaker_lap.data.voxceleb import ArchiveDir, PrepareError, prepare_voxceleb, read_md5_file
+from wespeaker_lap.data.voxceleb import prepare_voxceleb
 from wespeaker_lap.utils.logging import setup_logging
 
 

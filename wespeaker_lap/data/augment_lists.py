@@ -21,9 +21,10 @@ import shutil
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from wespeaker_lap.data.archives import MUSAN, RIRS_NOISES, ArchiveDir, Step, extract_archive, run_steps
 from wespeaker_lap.data.kaldi import DataError
-from wespeaker_lap.data.voxceleb import MUSAN, RIRS_NOISES, ArchiveDir, Step, extract_archive, parallel_map, run_steps
 from wespeaker_lap.utils.io import atomic_open
+from wespeaker_lap.utils.parallel import parallel_map
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Small shared helpers: atomic file writes and logging."""
+"""Small shared helpers: atomic file writes, logging and a process pool with a progress bar."""

@@ -37,9 +37,9 @@ from tts_text import draw_text, sentence_pool
 from tts_voices import VOICE_BY_SPEAKER
 from wespeaker_lap.data.augment_lists import AugmentEntry, write_augment_list
 from wespeaker_lap.data.kaldi import DataError, read_map
-from wespeaker_lap.data.voxceleb import parallel_map
 from wespeaker_lap.utils.io import atomic_write_text
 from wespeaker_lap.utils.logging import setup_logging
+from wespeaker_lap.utils.parallel import parallel_map
 
 logger = logging.getLogger("make_noise_rir")
 

@@ -41,9 +41,9 @@ from tts_engines import SynthesisError, SynthRequest, check_voices, synthesize
 from tts_text import draw_text, sentence_pool
 from tts_voices import VOICE_BY_SPEAKER, VOICES, Voice
 from wespeaker_lap.data.kaldi import Trial, utt2spk_to_spk2utt, write_map, write_trials
-from wespeaker_lap.data.voxceleb import parallel_map
 from wespeaker_lap.utils.io import atomic_write_text
 from wespeaker_lap.utils.logging import setup_logging
+from wespeaker_lap.utils.parallel import parallel_map
 
 logger = logging.getLogger("make_tts_corpus")
 
