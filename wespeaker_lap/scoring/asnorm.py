@@ -1,0 +1,85 @@
+"""Adaptive symmetric score normalisation (AS-Norm), vectorised (paper §5.2, WeSpeaker ``score_norm.py``).
+
+Every embedding (enroll, test and cohort) is centred with the training-set mean and
+L2-normalised first. For a trial with raw cosine ``s``:
+
+    s_norm = ½ [(s − μ_e) / σ_e + (s − μ_t) / σ_t]
+
+where ``μ_e, σ_e`` are the mean and unbiased std of the ``top_k`` highest cosines of the
+enroll embedding against the cohort (likewise ``μ_t, σ_t`` for the test side). The
+statistics depend on one embedding only, so they are computed once per distinct
+utterance with one matmul + top-k per chunk of utterances.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from wespeaker_lap.scoring.embeddings import Embeddings, lookup_keys
+
+
+def speaker_means(embeddings: Embeddings, utt2spk: Mapping[str, str], utt2spk_path: str) -> Embeddings:
+    """Mean raw embedding of each speaker (sorted speaker ids): the default AS-Norm cohort."""
+    names = lookup_keys(utt2spk, embeddings.keys, utt2spk_path, "speaker")
+    speakers, speaker_of_row = np.unique(names, return_inverse=True)
+    counts = np.bincount(speaker_of_row, minlength=speakers.size)
+    sums = np.stack(
+        [np.bincount(speaker_of_row, weights=column, minlength=speakers.size) for column in embeddings.matrix.T],
+        axis=1,
+    )  # [S, D], accumulated in float64
+    means = (sums / counts[:, None]).astype(np.float32)
+    return Embeddings(speakers.tolist(), means, f"speaker means of {embeddings.source}")
+
+
+def cohort_statistics(
+    queries: np.ndarray,
+    cohort: np.ndarray,
+    top_k: int,
+    cohort_speakers: Optional[np.ndarray] = None,
+    excluded_speakers: Optional[np.ndarray] = None,
+    chunk_size: Optional[int] = None,
+    progress: bool = False,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased std ``([N], [N])`` of each query's ``top_k`` highest cohort cosines.
+
+    ``queries [N, D]`` and ``cohort [C, D]`` are centred and L2-normalised. To leave speakers
+    out (calibration trials), give ``cohort_speakers [C]`` (an integer speaker id per cohort
+    row) and ``excluded_speakers [N, E]`` (ids to leave out for each query, -1 for none).
+    ``chunk_size`` queries are scored at a time (default: about 32 M cosines per chunk); the
+    top-k is an in-place ``np.partition`` (linear time; faster than ``torch.topk`` on CPU here).
+    """
+    n_cohort = cohort.shape[0]
+    if not 2 <= top_k <= n_cohort:
+        raise ValueError(f"top_k must be between 2 and the cohort size {n_cohort}, got {top_k}")
+    if (cohort_speakers is None) != (excluded_speakers is None):
+        raise ValueError("give both cohort_speakers and excluded_speakers, or neither")
+    chunk_size = chunk_size or max(1, (1 << 25) // n_cohort)
+    cohort_t = np.ascontiguousarray(cohort, dtype=np.float32).T  # [D, C]
+    means = np.empty(len(queries), dtype=np.float32)
+    stds = np.empty(len(queries), dtype=np.float32)
+    starts = range(0, len(queries), chunk_size)
+    for start in tqdm(starts, desc="AS-Norm cohort", disable=not progress, leave=False):
+        stop = start + chunk_size
+        scores = np.asarray(queries[start:stop], dtype=np.float32) @ cohort_t  # [chunk, C]
+        if excluded_speakers is not None:
+            mask = np.zeros(scores.shape, dtype=bool)  # [chunk, C]: cohort row of an excluded speaker
+            for excluded in excluded_speakers[start:stop].T:  # [chunk] per excluded slot
+                mask |= cohort_speakers[None, :] == excluded[:, None]
+            available = int(n_cohort - mask.sum(axis=1).max())
+            if available < top_k:
+                raise ValueError(f"only {available} cohort entries remain after exclusion, top_k is {top_k}")
+            np.copyto(scores, -np.inf, where=mask)
+        scores.partition(n_cohort - top_k, axis=1)  # in place: the top_k largest end up last
+        top = scores[:, n_cohort - top_k:]  # [chunk, top_k]
+        means[start:stop] = top.mean(axis=1)
+        stds[start:stop] = top.std(axis=1, ddof=1)  # unbiased, like the paper's torch.std
+    return means, stds
+
+
+def as_norm(
+    scores: np.ndarray, enroll_mean: np.ndarray, enroll_std: np.ndarray, test_mean: np.ndarray, test_std: np.ndarray
+) -> np.ndarray:
+    """``½ [(s − μ_e) / σ_e + (s − μ_t) / σ_t]``, elementwise over trials."""
+    return 0.5 * ((scores - enroll_mean) / enroll_std + (scores - test_mean) / test_std)
