@@ -35,3 +35,17 @@ def test_weights_depend_only_on_the_seed(tmp_path, tiny_upstreams):
         same, different = _weights(again[family], family), _weights(other[family], family)
         assert all(torch.equal(reference[k], same[k]) for k in reference), family
         assert not all(torch.equal(reference[k], different[k]) for k in reference), family
+
+
+def test_wider_sizes_load_with_their_widths(tmp_path):
+    from wespeaker_lap.upstream import Upstream
+    from wespeaker_lap.upstream.tiny import TINY_FAMILIES
+
+    paths = write_tiny_upstreams(tmp_path, seed=0, conv_channels=64, width_scale=2)
+    up = Upstream("wavlm_local", path=str(paths["wavlm"]))
+    name, layers, width = TINY_FAMILIES["wavlm"]
+    assert (up.n_layers, up.hidden_dim) == (layers + 1, 2 * width)
+    hidden, lens = up(torch.randn(1, 16000), torch.tensor([16000]))
+    assert hidden.shape == (1, 50, layers + 1, 2 * width) and lens.tolist() == [50]
+    cnn = torch.load(paths["wavlm"], weights_only=True)["model"]["feature_extractor.conv_layers.0.0.weight"]
+    assert cnn.shape[0] == 64

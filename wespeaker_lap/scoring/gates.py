@@ -29,7 +29,8 @@ def plot_gates(gates: np.ndarray, path: str | Path, title: str = "") -> None:
     image = ax.imshow(gates, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=1.0,
                       extent=(0, n_frames * 0.02, -0.5, n_layers - 0.5), interpolation="nearest")
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("layer")
+    ax.set_ylabel("layer (0 = CNN output)")
+    ax.set_yticks(range(n_layers) if n_layers <= 13 else range(0, n_layers, 2))
     ax.set_title(title or "LAP gates (mean over heads)")
     fig.colorbar(image, ax=ax, label="gate")
     fig.tight_layout()

@@ -18,8 +18,12 @@ import torch
 
 from wespeaker_lap.utils.io import atomic_torch_save
 
-# The real wav2vec2/HuBERT/WavLM CNN (kernel, stride) pairs with 32 channels: hop 5 * 2**6 = 320.
-TINY_CONV_LAYERS = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"
+
+
+def conv_layers(channels: int) -> str:
+    """The real wav2vec2/HuBERT/WavLM CNN (kernel, stride) pairs with ``channels``: hop 5 * 2**6 = 320."""
+    return f"[({channels}, 10, 5)] + [({channels}, 3, 2)] * 4 + [({channels}, 2, 2)] * 2"
+
 
 # family -> (s3prl entry name, number of transformer layers, width)
 TINY_FAMILIES: Dict[str, Tuple[str, int, int]] = {
@@ -28,21 +32,18 @@ TINY_FAMILIES: Dict[str, Tuple[str, int, int]] = {
     "wav2vec2": ("wav2vec2_local", 2, 40),
 }
 
-_TRANSFORMER = dict(
-    encoder_attention_heads=4,
-    conv_feature_layers=TINY_CONV_LAYERS,
-    conv_pos=16,
-    conv_pos_groups=4,
-)
+_TRANSFORMER = dict(encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4)
 
 
-def _tiny_wavlm() -> dict:
+def _tiny_wavlm(conv_channels: int, width_scale: int) -> dict:
     """WavLM Base+-style (post-LN, group-norm CNN, gated relative positions): ``{"cfg", "model"}``."""
     from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
 
     _, layers, dim = TINY_FAMILIES["wavlm"]
+    dim *= width_scale
     cfg = dict(
         _TRANSFORMER,
+        conv_feature_layers=conv_layers(conv_channels),
         extractor_mode="default",
         encoder_layers=layers,
         encoder_embed_dim=dim,
@@ -57,14 +58,16 @@ def _tiny_wavlm() -> dict:
     return {"cfg": cfg, "model": WavLM(WavLMConfig(cfg)).state_dict()}
 
 
-def _tiny_hubert() -> dict:
+def _tiny_hubert(conv_channels: int, width_scale: int) -> dict:
     """HuBERT Base-style, in s3prl's converted format."""
     from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
 
     _, layers, dim = TINY_FAMILIES["hubert"]
+    dim *= width_scale
     task_cfg = dict(label_rate=50.0, sample_rate=16000, normalize=False)
     model_cfg = dict(
         _TRANSFORMER,
+        conv_feature_layers=conv_layers(conv_channels),
         label_rate=50.0,
         extractor_mode="default",
         encoder_layers=layers,
@@ -83,14 +86,16 @@ def _tiny_hubert() -> dict:
     }
 
 
-def _tiny_wav2vec2() -> dict:
+def _tiny_wav2vec2(conv_channels: int, width_scale: int) -> dict:
     """wav2vec 2.0 Large-style (pre-LN, layer-norm CNN, waveform normalisation), converted format."""
     from s3prl.upstream.wav2vec2.wav2vec2_model import AudioPretrainingConfig, Wav2Vec2Config, Wav2Vec2Model
 
     _, layers, dim = TINY_FAMILIES["wav2vec2"]
+    dim *= width_scale
     task_cfg = dict(sample_rate=16000, normalize=True)
     model_cfg = dict(
         _TRANSFORMER,
+        conv_feature_layers=conv_layers(conv_channels),
         extractor_mode="layer_norm",
         encoder_layers=layers,
         encoder_embed_dim=dim,
@@ -108,17 +113,20 @@ def _tiny_wav2vec2() -> dict:
 _BUILDERS = {"wavlm": _tiny_wavlm, "hubert": _tiny_hubert, "wav2vec2": _tiny_wav2vec2}
 
 
-def write_tiny_upstreams(out_dir: str | Path, seed: int = 0) -> Dict[str, Path]:
+def write_tiny_upstreams(out_dir: str | Path, seed: int = 0, conv_channels: int = 32,
+                         width_scale: int = 1) -> Dict[str, Path]:
     """Write ``<family>.pt`` for wavlm, hubert and wav2vec2 into ``out_dir``; return family -> path.
 
-    The weights depend only on ``seed`` (each family gets its own generator state).
+    The weights depend only on the arguments (each family gets its own generator state). The
+    defaults are the test size; wider CNNs (``conv_channels``) and transformers (``width_scale``
+    times the widths of ``TINY_FAMILIES``) give richer random features, e.g. for the mini recipe.
     """
     out_dir = Path(out_dir)
     paths = {}
     for offset, (family, build) in enumerate(_BUILDERS.items()):
         torch.manual_seed(seed * 1000 + offset)
         paths[family] = out_dir / f"{family}.pt"
-        atomic_torch_save(build(), paths[family])
+        atomic_torch_save(build(conv_channels, width_scale), paths[family])
     return paths
 
 
