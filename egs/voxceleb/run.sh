@@ -47,7 +47,6 @@ fi
 system_conf=conf/systems/${system}.yaml
 [ -f "$system_conf" ] || { echo "$0: no system config $system_conf" >&2; exit 1; }
 model_overrides=($(upstream_overrides "$upstream"))   # from conf/recipe.sh
-mkdir -p "$exp_dir"
 
 # ---------------------------------------------------------------- 1. data
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then

@@ -121,10 +121,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_deterministic() -> None:
-    """Ask torch for deterministic kernels (errors on ops that have none)."""
+def set_deterministic(warn_only: bool = False) -> None:
+    """Ask torch for deterministic kernels (errors, or with ``warn_only`` warnings, on ops that have none)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 

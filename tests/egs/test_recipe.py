@@ -1,0 +1,53 @@
+"""The shared recipe script: option parsing, hooks and loud failures (no training here)."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_recipe(recipe: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "egs" / recipe / "run.sh"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_systems():
+    out = run_recipe("voxceleb", "--help")
+    assert out.returncode == 0
+    for system in ("lap_wavlm_base_plus", "lap_wavlm_large", "superb_ecapa_wavlm_large", "mhfa_wavlm_large"):
+        assert system in out.stdout
+
+
+def test_unknown_option_is_an_error():
+    out = run_recipe("voxceleb", "--stgae", "3")
+    assert out.returncode != 0 and "unknown option --stgae" in out.stderr
+
+
+def test_unknown_system_is_an_error():
+    out = run_recipe("voxceleb", "--system", "nope", "--stage", "7")
+    assert out.returncode != 0 and "no system config conf/systems/nope.yaml" in out.stderr
+
+
+def test_missing_archives_stop_stage_one(tmp_path):
+    out = run_recipe("voxceleb", "--stage", "1", "--stop_stage", "1", "--archive_dir", str(tmp_path / "none"),
+                     "--force", "true")
+    assert out.returncode != 0
+    assert f"archive folder {tmp_path / 'none'} not found" in out.stderr and "vox2_dev_aac" in out.stderr
+
+
+def test_mini_rejects_a_non_local_upstream():
+    out = run_recipe("mini", "--upstream", "wavlm_large", "--stage", "7")
+    assert out.returncode != 0 and "--upstream must be wavlm_local, hubert_local or wav2vec2_local" in out.stderr
+
+
+def test_every_system_config_is_valid():
+    from wespeaker_lap.config import load_config
+    from wespeaker_lap.models import backend_options
+
+    for recipe in ("voxceleb", "mini"):
+        conf = REPO / "egs" / recipe / "conf"
+        for phase in sorted(conf.glob("phase*.yaml")):
+            for system in sorted((conf / "systems").glob("*.yaml")):
+                cfg = load_config([str(phase), str(system)])
+                assert set(cfg.model.backend.options) <= set(backend_options(cfg.model.backend.name)), system
