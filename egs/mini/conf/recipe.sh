@@ -10,7 +10,7 @@ cpu_procs=2                           # 2-process DDP (gloo), so the distributed
 n_speakers=40                         # corpus size (train + test speakers)
 n_test_speakers=10
 n_utts=20                             # utterances per speaker
-augment=medium                        # corpus-level noise/reverb/channel: none|light|medium
+augment=light                         # corpus-level noise/reverb/channel: none|light|medium
 seed=0
 num_average=2
 extract_batch_seconds=0               # one utterance per forward: bit-exact with wespeaker_lap.load_model
@@ -36,8 +36,9 @@ prepare_data() {
     --n_utts "$n_utts" --augment "$augment" --seed "$seed" --nj "$cpu_procs"
 }
 
-# Stage 2: tiny random-init upstreams (the offline stand-in for pre-trained weights) and noise/RIR lists.
+# Stage 2: small random-init upstreams (the offline stand-in for pre-trained weights; a 64-channel CNN and
+# twice the test width give the random features enough to learn from) and noise/RIR lists.
 prepare_resources() {
-  python ../../tools/make_tiny_upstream.py --out_dir tiny_upstream --seed "$seed"
+  python ../../tools/make_tiny_upstream.py --out_dir tiny_upstream --seed "$seed" --conv_channels 64 --width_scale 2
   python local/make_noise_rir.py --out data --seed "$seed"
 }
