@@ -175,3 +175,25 @@ def test_gate_heat_map(exp_dir, data_dir, tmp_path):
     assert np.all((gates > 0) & (gates < 1))
     plot_gates(gates, tmp_path / "gates.png")
     assert (tmp_path / "gates.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_api_score_agrees_with_recipe_scoring(exp_dir, data_dir, tmp_path):
+    """``load_model(exp).score(a, b)`` equals the cosine score that ``bin.score`` writes for the trial."""
+    from wespeaker_lap.data.kaldi import write_trials
+
+    scp = extract(exp_dir, data_dir, tmp_path / "emb")
+    write_training_stats(load_data_dir(data_dir), scp, exp_dir / "embeddings" / "train_mean.npy", tmp_path / "emb")
+    try:
+        trials = [("spk0/utt0", "spk0/utt3", 1), ("spk1/utt1", "spk2/utt5", 0)]
+        write_trials(tmp_path / "trials", trials)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, "-m", "wespeaker_lap.bin.score", "--trials", str(tmp_path / "trials"),
+                        "--embeddings", str(scp), "--mean", str(exp_dir / "embeddings" / "train_mean.npy"),
+                        "--out_dir", str(tmp_path / "scores")], check=True, env=env, capture_output=True)
+        lines = (tmp_path / "scores" / "cosine" / "trials.score").read_text().split("\n")
+        recipe = {(e, t): float(score) for e, t, score, _ in (line.split() for line in lines if line)}
+        api, wav = load_model(exp_dir), load_data_dir(data_dir).wav_scp
+        for enroll, test, _ in trials:
+            assert api.score(wav[enroll], wav[test]) == pytest.approx(recipe[enroll, test], abs=1e-5)
+    finally:
+        (exp_dir / "embeddings" / "train_mean.npy").unlink()
