@@ -151,7 +151,8 @@ def test_cli_round_trip(exp_dir, data_dir, tmp_path):
     subprocess.run([sys.executable, "-m", "wespeaker_lap", "embed", "--exp_dir", str(exp_dir), *wavs,
                     "--out", str(out)], check=True, env=env, capture_output=True)
     api = load_model(exp_dir)
-    np.testing.assert_array_equal(np.load(out), np.stack([api.embed(w) for w in wavs]))
+    # Another process with another thread count rounds differently in the last bits.
+    np.testing.assert_allclose(np.load(out), np.stack([api.embed(w) for w in wavs]), rtol=1e-5, atol=1e-6)
     sim = subprocess.run([sys.executable, "-m", "wespeaker_lap", "similarity", "--exp_dir", str(exp_dir), *wavs],
                          check=True, env=env, capture_output=True, text=True)
     assert float(sim.stdout) == pytest.approx(api.score(*wavs), abs=1e-5)

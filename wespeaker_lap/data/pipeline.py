@@ -15,6 +15,7 @@ returns them in order. Resuming at ``start_batch`` reads no skipped audio.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Tuple
@@ -135,13 +136,26 @@ class TrainDataset(IterableDataset):
         samples = processors.speed_perturb(samples, cfg.speed_perturb_prob, self.n_speakers)
         samples = processors.random_crop(samples, self.crop_samples, cfg.sample_rate)
         samples = processors.add_reverb_or_noise(samples, self.augmenter, cfg.augment.prob)
-        return processors.collate(samples)
+        with _one_torch_thread():
+            return processors.collate(samples)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         worker = get_worker_info()
         worker_id, n_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         for batch in range(self.start_batch + worker_id, self.batches_per_epoch, n_workers):
             yield self.make_batch(batch)
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Build batches with one intra-op thread, as DataLoader workers do, so that their bits (resampling
+    sums) do not depend on ``num_workers`` or the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def build_train_loader(cfg: DataConfig, global_batch_size: int, rank: int, world_size: int, seed: int,
