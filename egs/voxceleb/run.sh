@@ -16,7 +16,7 @@ cd "$(dirname "$0")"
 
 stage=1
 stop_stage=6
-exp_dir=exp/${system}
+exp_dir=""           # default: exp/<system>
 upstream=""          # any s3prl name (wavlm_large, hubert_large_ll60k, ...); empty keeps the system's
 # torchrun: GPUs "0,1,2,3" (empty: CPU with $cpu_procs processes); several nodes via c10d rendezvous
 num_nodes=1
@@ -27,6 +27,7 @@ help_message="Usage: $0 [--stage N] [--stop_stage N] [--system NAME] [--upstream
                 [--gpus 0,1,...] [--cpu_procs N] [--num_nodes N --rdzv_endpoint HOST:PORT --rdzv_id ID]
 Systems: $(cd conf/systems && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
 . ../../tools/parse_options.sh
+exp_dir=${exp_dir:-exp/$system}
 
 # ---------------------------------------------------------------- helpers
 done_or_run() {  # done_or_run <sentinel>: true when the stage must run
@@ -36,6 +37,7 @@ if [ -n "$gpus" ]; then
   export CUDA_VISIBLE_DEVICES="$gpus"
   nproc=$(echo "$gpus" | tr ',' '\n' | grep -c .)
 else
+  export CUDA_VISIBLE_DEVICES=""   # CPU processes, gloo
   nproc=$cpu_procs
 fi
 if [ "$num_nodes" -gt 1 ]; then

@@ -51,3 +51,10 @@ def test_every_system_config_is_valid():
             for system in sorted((conf / "systems").glob("*.yaml")):
                 cfg = load_config([str(phase), str(system)])
                 assert set(cfg.model.backend.options) <= set(backend_options(cfg.model.backend.name)), system
+
+
+def test_exp_dir_follows_the_chosen_system(tmp_path):
+    """``--system`` without ``--exp_dir`` writes to exp/<system> (stage 4 fails at once: nothing trained)."""
+    out = run_recipe("voxceleb", "--system", "lap_wavlm_large", "--stage", "4", "--stop_stage", "4",
+                     "--force", "true")
+    assert out.returncode != 0 and "exp/lap_wavlm_large/phase3_lmft" in out.stdout + out.stderr
