@@ -27,7 +27,6 @@ import math
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 from wespeaker_lap.config import AugmentConfig, ConfigError
 from wespeaker_lap.data.audio import BadAudioHandler, read_audio, read_random_segment
@@ -121,6 +120,8 @@ class Augmenter:
         rir = rir / np.sqrt(np.dot(rir, rir))
         peak = int(np.argmax(np.abs(rir)))
         rir = rir[: peak + len(wav)]  # later taps cannot reach the outputs we keep
+        from scipy.signal import fftconvolve  # imported here: scipy.signal costs ~1 s per process to load
+
         return fftconvolve(wav, rir)[peak: peak + len(wav)].astype(np.float32)
 
     def add_noise(self, wav: np.ndarray, rng: np.random.Generator, kind: str,
