@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wespeaker_lap.data.kaldi import DataDir, DataError, read_map
+from wespeaker_lap.data.kaldi import DataDir, DataError, read_map, write_map
 from wespeaker_lap.inference import SAMPLE_RATE, Embedder, plan_batches
 from wespeaker_lap.utils.io import atomic_open
 
@@ -79,9 +78,7 @@ def merge_shards(data: DataDir, out_dir: Path, world: int) -> Path:
         raise DataError(f"{out_dir}: {len(missing)} utterances of {data.path / 'wav.scp'} have no embedding, "
                         f"e.g. {missing[0]!r}")
     scp = out_dir / "xvector.scp"
-    with atomic_open(scp, "w", encoding="utf-8") as f:
-        for key in sorted(merged):
-            f.write(f"{key} {merged[key]}\n")
+    write_map(scp, merged)
     return scp
 
 
@@ -89,15 +86,18 @@ def write_training_stats(data: DataDir, scp: Path, mean_path: Path, cohort_dir: 
     """Write the mean embedding (``.npy``) and per-speaker mean embeddings (``spk_xvector.{ark,scp}``)."""
     import kaldiio
 
-    embs = {k: np.asarray(v, dtype=np.float64) for k, v in kaldiio.load_scp_sequential(str(scp))}
-    matrix = np.stack([embs[k] for k in sorted(embs)])  # [N_utts, E]
+    from wespeaker_lap.scoring.asnorm import speaker_means
+    from wespeaker_lap.scoring.embeddings import read_embeddings
+
+    embeddings = read_embeddings(scp)
     with atomic_open(mean_path, "wb") as f:
-        np.save(f, matrix.mean(axis=0).astype(np.float32))
+        np.save(f, embeddings.matrix.mean(axis=0, dtype=np.float64).astype(np.float32))
+    cohort = speaker_means(embeddings, data.utt2spk, str(data.path / "utt2spk"))
     cohort_dir.mkdir(parents=True, exist_ok=True)
     ark, spk_scp = cohort_dir / "spk_xvector.ark", cohort_dir / "spk_xvector.scp"
     with kaldiio.WriteHelper(f"ark,scp:{ark},{spk_scp}") as writer:
-        for spk, utts in sorted(data.spk2utt.items()):
-            writer(spk, np.mean([embs[u] for u in utts], axis=0).astype(np.float32))
+        for spk, mean in zip(cohort.keys, cohort.matrix):
+            writer(spk, mean)
     log.info("training stats: mean of %d utterances -> %s; %d speaker means -> %s",
-             len(matrix), mean_path, len(data.spk2utt), spk_scp)
+             len(embeddings.keys), mean_path, len(cohort.keys), spk_scp)
 

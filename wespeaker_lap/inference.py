@@ -79,11 +79,6 @@ def to_waveform(audio: Audio, key: str = "input") -> np.ndarray:
     return wav
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two vectors."""
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-
-
 class SpeakerVerifier:
     """A trained model for inference: ``embed(wav)`` and ``score(wav_a, wav_b)``."""
 
@@ -97,10 +92,12 @@ class SpeakerVerifier:
 
     def score(self, wav_a: Audio, wav_b: Audio) -> float:
         """Cosine similarity, after subtracting the training-set mean when the experiment has one."""
-        a, b = self.embed(wav_a), self.embed(wav_b)
-        if self.mean is not None:
-            a, b = a - self.mean, b - self.mean
-        return cosine(a, b)
+        from wespeaker_lap.scoring.cosine import center_and_normalize
+
+        pair = np.stack([self.embed(wav_a), self.embed(wav_b)])  # [2, E]
+        mean = self.mean if self.mean is not None else np.zeros(pair.shape[1], dtype=np.float32)
+        a, b = center_and_normalize(pair, mean)  # the recipe's cosine scoring, on one trial
+        return float(a @ b)
 
 
 def load_model(exp_dir: Union[str, Path], device: str = "cpu") -> SpeakerVerifier:
