@@ -1,4 +1,4 @@
-"""The recipe's phase and system configs load with the official code's defaults (docs/reproduction.md §Phase defaults)."""
+"""The recipe's phase and system configs load with the official defaults (docs/reproduction.md §Phase defaults)."""
 from pathlib import Path
 
 import pytest

@@ -88,7 +88,8 @@ def test_trainable_upstream_differs_in_train_mode_and_a_frozen_one_never(tiny_up
 def test_masked_frames_are_the_mask_embedding(tiny_upstreams, tiny_hf_dir):
     for name, path in _upstreams(tiny_upstreams, tiny_hf_dir):
         up = Upstream(name, path=path, frozen=False, finetune=MASK_ONLY).train()
-        projection = up.model.model.feature_projection if name.startswith("hf:") else up.model.upstream.model.dropout_input
+        hf = name.startswith("hf:")
+        projection = up.model.model.feature_projection if hf else up.model.upstream.model.dropout_input
         seen = []
         projection.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
         up(_wavs(), LENS)

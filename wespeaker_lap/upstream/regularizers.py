@@ -217,7 +217,7 @@ def hf_config_overrides(settings: FinetuneConfig) -> Dict[str, Any]:
 
 
 def hf_regularizers(model: nn.Module, settings: FinetuneConfig, name: str) -> Regularizers:
-    """Hooks installed on a ``transformers`` WavLM / HuBERT / wav2vec 2.0 model loaded with :func:`hf_config_overrides`."""
+    """Hooks on a ``transformers`` WavLM / HuBERT / wav2vec 2.0 model loaded with :func:`hf_config_overrides`."""
     return Regularizers(model.feature_projection, getattr(model, "masked_spec_embed", None),
                         list(model.encoder.layers), conv_kernels_and_strides(model.feature_extractor),
                         first_droppable=1 if model.config.model_type == "wavlm" else 0, settings=settings, name=name)
