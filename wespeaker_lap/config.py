@@ -30,6 +30,37 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Regularisers of a trainable upstream in train mode; never applied when frozen or in eval mode.
+
+    The names and meanings are those of the HuggingFace configs, whose values the official code
+    fine-tunes with (docs/reproduction.md §Upstream regularisers lists them per checkpoint; the
+    defaults are microsoft/wavlm-base-plus's). The same mechanism runs on the s3prl and the
+    ``hf:`` paths (``wespeaker_lap.upstream.regularizers``).
+    """
+
+    mask_time_prob: float = 0.05  # span starts per frame: about prob * T / length spans per utterance
+    mask_time_length: int = 10  # frames per masked span
+    mask_time_min_masks: int = 2  # at least this many spans per utterance
+    layerdrop: float = 0.05  # probability to skip each transformer layer (per batch)
+    hidden_dropout: float = 0.1  # after the positional convolution, attention and feed-forward outputs
+    attention_dropout: float = 0.1  # on the attention weights
+    activation_dropout: float = 0.0  # inside the feed-forward block, after the activation
+    feat_proj_dropout: float = 0.1  # on the projected CNN features
+
+    def __post_init__(self) -> None:
+        for key in ("mask_time_prob", "layerdrop", "hidden_dropout", "attention_dropout", "activation_dropout",
+                    "feat_proj_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"model.upstream.finetune.{key}: must be in [0, 1), got {getattr(self, key)}")
+        if self.mask_time_length < 1:
+            raise ConfigError(f"model.upstream.finetune.mask_time_length: must be >= 1, got {self.mask_time_length}")
+        if self.mask_time_min_masks < 0:
+            raise ConfigError(
+                f"model.upstream.finetune.mask_time_min_masks: must be >= 0, got {self.mask_time_min_masks}")
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     """Which pre-trained model gives the hidden states (see ``wespeaker_lap.upstream``)."""
 
@@ -37,11 +68,20 @@ class UpstreamConfig:
     path: Optional[str] = None  # checkpoint file for the *_local names
     cache_dir: Optional[str] = None  # pre-staged s3prl download cache
     frozen: bool = True
+    # "raw": the waveform as read (the official code); "checkpoint": normalised per utterance when
+    # the checkpoint's own config says so (s3prl's behaviour)
+    waveform: Literal["raw", "checkpoint"] = "raw"
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """Which backend turns ``[B, T, L, D]`` into an embedding; options go to ``build_backend``."""
+    """Which backend turns ``[B, T, L, D]`` into an embedding; options go to ``build_backend``.
+
+    ``name`` is ``<aggregation>_<network>``: ``lap`` or ``superb`` with ``astp``, ``ecapa``,
+    ``xvector`` or ``mhfa`` (``mhfa`` alone is the original MHFA, ``superb_mhfa``); see
+    ``wespeaker_lap.models.backends``.
+    """
 
     name: str = "lap_astp"
     options: Dict[str, Any] = field(default_factory=dict)
@@ -139,7 +179,9 @@ class TrainConfig:
     seed: int = 42
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # GPU only; "auto": bf16 if supported, else fp16
     init_from: Optional[str] = None  # the previous phase's final model
-    slice_classes: bool = True  # drop classifier rows of classes the data cannot produce
+    # drop classifier rows of classes the data cannot produce; off: keep every speed-perturbed class, as the
+    # official code (they act as negatives that never get a positive; docs/reproduction.md §Classifier)
+    slice_classes: bool = False
     keep_checkpoints: int = 3
     num_average: int = 2  # last N epochs averaged into the final model
     save_every_steps: int = 1000  # mid-epoch checkpoint every N optimizer steps; 0: epoch ends only

@@ -45,6 +45,8 @@ MUSAN_FILES = {"music/fma/music-fma-0000.wav": ("music", 12.0),   # windows at 0
                "speech/librivox/speech-librivox-0000.wav": ("speech", 8.0)}   # windows at 0, 3 s
 RIR_FILES = {"smallroom/Room001/Room001-00001.wav": "smallroom", "smallroom/Room002/Room002-00001.wav": "smallroom",
              "mediumroom/Room001/Room001-00001.wav": "mediumroom", "largeroom/Room001/Room001-00001.wav": "largeroom"}
+# real RIRs listed in real_rirs_isotropic_noises/rir_list: rir-id -> channels (RVB2014 ones are multi-channel)
+REAL_RIRS = {"air_type1_air_binaural_aula_carolina_1_1_1": 1, "RVB2014_type1_rir_largeroom1_far_angla": 2}
 
 
 def tone(seconds: float, seed: int, rate: int = RATE, channels: int = 1) -> np.ndarray:
@@ -55,9 +57,9 @@ def tone(seconds: float, seed: int, rate: int = RATE, channels: int = 1) -> np.n
     return np.repeat((wave * 32767).astype(np.int16)[:, None], channels, axis=1)
 
 
-def wav_bytes(seconds: float, seed: int) -> bytes:
+def wav_bytes(seconds: float, seed: int, channels: int = 1) -> bytes:
     buffer = io.BytesIO()
-    sf.write(buffer, tone(seconds, seed), RATE, subtype="PCM_16", format="WAV")
+    sf.write(buffer, tone(seconds, seed, channels=channels), RATE, subtype="PCM_16", format="WAV")
     return buffer.getvalue()
 
 
@@ -134,7 +136,11 @@ def make_fake_musan_rirs(archive_dir: Path, extracted: bool = False) -> FakeArch
     musan.update({f"musan/{kind}/README": b"readme\n" for kind in ("music", "noise", "speech")})
     rirs = {f"RIRS_NOISES/simulated_rirs/{rel}": wav_bytes(0.1, 50 + i) for i, rel in enumerate(RIR_FILES)}
     rirs["RIRS_NOISES/simulated_rirs/smallroom/rir_list"] = b"--rir-id smallroom-Room001-00001 ...\n"
-    rirs["RIRS_NOISES/real_rirs_isotropic_noises/air_type1_air_binaural_aula_carolina_1_1_1.wav"] = wav_bytes(0.1, 60)
+    real = "RIRS_NOISES/real_rirs_isotropic_noises"
+    for i, (rir_id, channels) in enumerate(REAL_RIRS.items()):
+        rirs[f"{real}/{rir_id}.wav"] = wav_bytes(0.1, 60 + i, channels)
+    rirs[f"{real}/rir_list"] = "".join(f"--rir-id {rir_id} --room-id {rir_id} {real}/{rir_id}.wav\n"
+                                       for rir_id in REAL_RIRS).encode()
     rirs["RIRS_NOISES/pointsource_noises/noise-free-sound-0001.wav"] = wav_bytes(0.2, 61)
     if extracted:
         for rel, data in {**musan, **rirs}.items():

@@ -160,15 +160,19 @@ def test_open_audio_replaces_bad_audio_in_skip_mode(tmp_path):
 # ----------------------------------------------------------------------------- reverb
 
 
-def test_reverb_is_aligned_to_the_direct_path(tmp_path, sources):
+def _delayed(wav: np.ndarray, lag: int) -> np.ndarray:
+    return np.concatenate([np.zeros(lag, np.float32), wav[:-lag]])
+
+
+def test_reverb_keeps_the_start_of_the_full_convolution(tmp_path, sources):
+    """As the official code: unit-energy RIR, full convolution, the first len(wav) samples (onset delay kept)."""
     musan, _ = sources
     rir = np.zeros(400)
     rir[100], rir[300] = 1.0, 0.5
     aug = augmenter(musan, [("echo", write(tmp_path / "echo.wav", rir))])
     wav = speech_like(2000)
     out = aug.reverb(wav, np.random.default_rng(0))
-    delayed = np.concatenate([np.zeros(200, np.float32), wav[:-200]])
-    expected = (wav + 0.5 * delayed) / math.sqrt(1.25)  # unit-energy RIR, peak at lag 0
+    expected = (_delayed(wav, 100) + 0.5 * _delayed(wav, 300)) / math.sqrt(1.25)
     assert out.shape == wav.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
@@ -188,11 +192,12 @@ def test_reverb_picks_one_channel_of_a_multichannel_rir(tmp_path, sources):
     rir[210, 1] = 1.0  # channel 1 has an echo, channel 0 has none
     aug = augmenter(musan, [("mc", write(tmp_path / "mc.wav", rir))])
     wav = speech_like(1000)
-    echo = (wav + np.concatenate([np.zeros(200, np.float32), wav[:-200]])) / math.sqrt(2)
+    dry = _delayed(wav, 10)
+    echo = (_delayed(wav, 10) + _delayed(wav, 210)) / math.sqrt(2)
     seen = set()
     for seed in range(12):
         out = aug.reverb(wav, np.random.default_rng(seed))
-        seen.add("dry" if np.allclose(out, wav, atol=1e-5) else "echo" if np.allclose(out, echo, atol=1e-5)
+        seen.add("dry" if np.allclose(out, dry, atol=1e-5) else "echo" if np.allclose(out, echo, atol=1e-5)
                  else "other")
     assert seen == {"dry", "echo"}
 

@@ -63,7 +63,7 @@ def test_model_class_follows_the_config_not_the_name(tmp_path, model_type):
     assert hidden.shape[2:] == (2, 16)
 
 
-def test_waveform_normalisation_follows_the_feature_extractor(tmp_path, tiny_hf_dir):
+def test_waveform_is_raw_or_normalised_as_the_feature_extractor_says(tmp_path, tiny_hf_dir):
     import shutil
 
     from transformers import Wav2Vec2FeatureExtractor
@@ -72,12 +72,13 @@ def test_waveform_normalisation_follows_the_feature_extractor(tmp_path, tiny_hf_
     shutil.copytree(tiny_hf_dir, normalised)
     Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(normalised)
     wavs = _wavs()
-    for source, scale_invariant in ((tiny_hf_dir, False), (normalised, True)):
-        up = Upstream(f"hf:{source}")
+    for source, waveform, scale_invariant in ((tiny_hf_dir, "checkpoint", False), (normalised, "checkpoint", True),
+                                              (normalised, "raw", False)):
+        up = Upstream(f"hf:{source}", waveform=waveform)
         unit, frame_lens = up(wavs, LENS)
         scaled, _ = up(3.0 * wavs + 0.5 * (torch.arange(wavs.size(1)) < LENS[:, None]), LENS)
         n = int(frame_lens[1])
-        assert torch.allclose(unit[1, :n], scaled[1, :n], atol=1e-4) == scale_invariant, source
+        assert torch.allclose(unit[1, :n], scaled[1, :n], atol=1e-4) == scale_invariant, (source, waveform)
 
 
 def test_frozen_and_fine_tune_modes(tiny_hf_dir):
@@ -85,13 +86,13 @@ def test_frozen_and_fine_tune_modes(tiny_hf_dir):
     assert not frozen.model.model.training and not any(p.requires_grad for p in frozen.parameters())
     tuned = Upstream(f"hf:{tiny_hf_dir}", frozen=False).train()
     config = tuned.model.model.config
-    assert config.layerdrop == 0.0 and not config.apply_spec_augment
+    assert config.layerdrop == 0.0 and not config.apply_spec_augment  # ours replace HF's own
     hidden, _ = tuned(_wavs(), LENS)
     hidden.square().mean().backward()
     trainable = {n: p for n, p in tuned.named_parameters() if p.requires_grad}
     assert all(p.grad is not None for p in trainable.values())
     assert any("feature_extractor" in n for n in trainable)
-    assert not tuned.model.model.masked_spec_embed.requires_grad  # unused without masking
+    assert tuned.model.model.masked_spec_embed.requires_grad  # time masking uses it
 
 
 def test_frame_counts_of_the_standard_cnn():

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from wespeaker_lap.config import FinetuneConfig
 from wespeaker_lap.upstream import Upstream, UpstreamError
 from wespeaker_lap.upstream.tiny import TINY_FAMILIES
 
@@ -52,7 +53,8 @@ def test_frozen_upstream_has_no_gradient_and_stays_in_eval_mode(tiny_upstreams, 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fine_tuned_upstream_trains_everything_it_uses(tiny_upstreams, family):
-    up = Upstream(f"{family}_local", path=str(tiny_upstreams[family]), frozen=False).train()
+    no_layerdrop = FinetuneConfig(layerdrop=0.0)  # a skipped layer's gradient is zero (but present)
+    up = Upstream(f"{family}_local", path=str(tiny_upstreams[family]), frozen=False, finetune=no_layerdrop).train()
     assert all(m.training for m in up.model.modules())
     hidden, _ = up(_wavs(), LENS)
     hidden.square().mean().backward()
@@ -60,8 +62,11 @@ def test_fine_tuned_upstream_trains_everything_it_uses(tiny_upstreams, family):
     without_grad = [n for n, p in trainable.items() if p.grad is None or not p.grad.any()]
     assert not without_grad  # DDP without find_unused_parameters would fail on these
     assert any("feature_extractor.conv_layers.0" in n for n in trainable)  # the CNN trains too
-    frozen = {n for n, p in up.named_parameters() if not p.requires_grad}
-    assert any(n.endswith("mask_emb") for n in frozen)  # unused by the forward, so frozen
+    assert any(n.endswith("mask_emb") for n in trainable)  # time masking uses it
+    unmasked = Upstream(f"{family}_local", path=str(tiny_upstreams[family]), frozen=False,
+                        finetune=FinetuneConfig(mask_time_prob=0.0, mask_time_min_masks=0))
+    frozen = {n for n, p in unmasked.named_parameters() if not p.requires_grad}
+    assert any(n.endswith("mask_emb") for n in frozen)  # unused without masking, so frozen
 
 
 def test_fine_tuned_upstream_in_eval_mode_is_deterministic(tiny_upstreams):

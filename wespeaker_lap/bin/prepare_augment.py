@@ -12,21 +12,22 @@ from typing import Optional, Sequence
 
 from wespeaker_lap.bin.prepare_voxceleb import add_archive_options, archive_dir_from_options, start_logging
 from wespeaker_lap.data.archives import PrepareError
-from wespeaker_lap.data.augment_lists import prepare_augment
+from wespeaker_lap.data.augment_lists import RIR_TYPES, prepare_augment
 from wespeaker_lap.data.kaldi import DataError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_archive_options(parser)
-    parser.add_argument("--include_largeroom", action="store_true", help="also list the large-room RIRs")
+    parser.add_argument("--rir_sets", nargs="+", choices=RIR_TYPES, default=list(RIR_TYPES),
+                        help="RIRs to list (default: all, the official pool)")
     parser.add_argument("--musan_chunk_s", type=float, default=5.0, help="MUSAN window length in seconds")
     parser.add_argument("--musan_hop_s", type=float, default=3.0, help="MUSAN window hop in seconds")
     args = parser.parse_args(argv)
     start_logging(args, "prepare_augment")
     try:
         prepare_augment(archive_dir_from_options(args), args.data_dir, args.raw_dir, args.nj,
-                        args.include_largeroom, args.musan_chunk_s, args.musan_hop_s)
+                        args.rir_sets, args.musan_chunk_s, args.musan_hop_s)
     except (DataError, PrepareError) as err:
         raise SystemExit(f"prepare_augment: error: {err}") from None
 

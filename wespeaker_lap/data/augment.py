@@ -1,13 +1,11 @@
-"""Reverberation and additive MUSAN noise, as in the authors' training code (paper.md §4).
+"""Reverberation and additive MUSAN noise, as in the authors' training code (docs/reproduction.md §RIR pool).
 
 One augmentation per call, chosen uniformly from the available types:
 
-* ``reverb``: a random RIR (any room size; a random channel of a multi-channel
-  RIR), normalised to unit energy, FFT-convolved with the crop. The output is
-  aligned to the RIR's direct-path peak (its largest absolute tap) and truncated
-  to the input length. The authors keep the first samples of the full
-  convolution instead, which delays the speech by the RIR's onset and drops
-  that much of its end; the alignment is our departure.
+* ``reverb``: as the official code: one RIR drawn uniformly from the list (real
+  and simulated alike), a random channel of a multi-channel one, normalised to
+  unit energy, convolved with the crop, and the first ``len(crop)`` samples of
+  the full convolution kept (so the speech is delayed by the RIR's onset).
 * ``noise`` / ``music``: one MUSAN clip of that type at ``noise_snr`` / ``music_snr``.
 * ``babble``: ``babble_speakers`` speech clips, each at ``babble_snr``.
 * ``television``: full-length babble, then one full-length music clip whose SNR
@@ -112,17 +110,16 @@ class Augmenter:
         return self.add_noise(wav, rng, "speech" if kind == "babble" else kind), kind
 
     def reverb(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Convolve ``wav [S]`` with a random unit-energy RIR, aligned to its direct path; ``[S]``."""
+        """Convolve ``wav [S]`` with a random unit-energy RIR; the first ``S`` samples of the full convolution."""
         start = int(rng.integers(len(self.rirs)))
         _, rir = self.bad_audio.first_readable(
             _rotated(self.rirs, start), lambda src: _read_rir(src[0], src[1], self.sample_rate))
         rir = rir[:, rng.integers(rir.shape[1])]  # [S_rir, C] -> [S_rir], one channel
         rir = rir / np.sqrt(np.dot(rir, rir))
-        peak = int(np.argmax(np.abs(rir)))
-        rir = rir[: peak + len(wav)]  # later taps cannot reach the outputs we keep
+        rir = rir[: len(wav)]  # later taps cannot reach the outputs we keep
         from scipy.signal import fftconvolve  # imported here: scipy.signal costs ~1 s per process to load
 
-        return fftconvolve(wav, rir)[peak: peak + len(wav)].astype(np.float32)
+        return fftconvolve(wav, rir)[: len(wav)].astype(np.float32)
 
     def add_noise(self, wav: np.ndarray, rng: np.random.Generator, kind: str,
                   coverage: Optional[str] = None) -> np.ndarray:

@@ -8,8 +8,11 @@ the SNR ranges, WeSpeaker issue #263).
   into 5 s windows with a 3 s hop (files shorter than one window are dropped), so a random entry is a
   uniformly drawn stretch of MUSAN rather than a favoured short file. Types ``music``, ``noise`` and
   ``speech`` (speech is used for babble). Keys: ``music/fma/music-fma-0000/0002`` (the third window).
-* RIRS_NOISES (``simulated_rirs/{smallroom,mediumroom,largeroom}/RoomNNN/*.wav``): the type is the
-  room size; large rooms are left out unless asked for. Keys: ``smallroom/Room001/Room001-00001``.
+* RIRS_NOISES: the pool of the official code (docs/reproduction.md §RIR pool): the real RIRs listed in
+  ``real_rirs_isotropic_noises/rir_list`` (type ``real``, one entry per line, keys ``real/<rir-id>``;
+  some are multi-channel) and every simulated one, ``simulated_rirs/{smallroom,mediumroom,largeroom}/
+  RoomNNN/*.wav`` (typed by room size, keys ``smallroom/Room001/Room001-00001``). Training draws one
+  entry uniformly, as the official code draws one file of its combined list.
 
 Sources are the archives ``musan.tar.gz`` and ``rirs_noises.zip`` (md5 checked, then extracted under
 ``raw_dir``) or already extracted ``musan/`` and ``RIRS_NOISES/`` folders in the archive folder.
@@ -29,7 +32,8 @@ from wespeaker_lap.utils.parallel import parallel_map
 logger = logging.getLogger(__name__)
 
 MUSAN_TYPES = ("music", "noise", "speech")
-RIR_TYPES = ("smallroom", "mediumroom", "largeroom")
+RIR_TYPES = ("real", "smallroom", "mediumroom", "largeroom")
+REAL_RIR_LIST = "real_rirs_isotropic_noises/rir_list"
 SAMPLE_RATE = 16000
 
 
@@ -132,33 +136,67 @@ def split_musan(musan_root: Union[str, Path], out_root: Union[str, Path], nj: in
     return [entry for entries in per_file for entry in entries]
 
 
-def list_rirs(rirs_root: Union[str, Path], rooms: Sequence[str] = ("smallroom", "mediumroom")) -> List[AugmentEntry]:
-    """Entries for ``rirs_root/simulated_rirs/<room>/RoomNNN/*.wav``, typed by room size."""
+def list_rirs(rirs_root: Union[str, Path], sets: Sequence[str] = RIR_TYPES) -> List[AugmentEntry]:
+    """Entries of the RIR sets ``sets`` (``real`` and room sizes) of the ``rirs_root`` (``RIRS_NOISES``) folder."""
     rirs_root = Path(rirs_root).resolve()
     entries = []
-    for room in rooms:
-        if room not in RIR_TYPES:
-            raise ValueError(f"unknown room size {room!r} (allowed: {', '.join(RIR_TYPES)})")
-        room_dir = rirs_root / "simulated_rirs" / room
+    for rir_set in sets:
+        if rir_set not in RIR_TYPES:
+            raise ValueError(f"unknown RIR set {rir_set!r} (allowed: {', '.join(RIR_TYPES)})")
+        if rir_set == "real":
+            entries += _real_rirs(rirs_root)
+            continue
+        room_dir = rirs_root / "simulated_rirs" / rir_set
         wavs = sorted(room_dir.glob("*/*.wav"))
         if not wavs:
             raise DataError(f"{room_dir}: no Room*/<rir>.wav files; is RIRS_NOISES complete?")
         entries += [AugmentEntry(wav.relative_to(rirs_root / "simulated_rirs").with_suffix("").as_posix(),
-                                 str(wav), room) for wav in wavs]
+                                 str(wav), rir_set) for wav in wavs]
+    return entries
+
+
+def _real_rirs(rirs_root: Path) -> List[AugmentEntry]:
+    """The real RIRs of ``rir_list`` (``--rir-id <id> --room-id <room> RIRS_NOISES/<path>`` lines), in its order.
+
+    The last field is relative to the folder holding ``RIRS_NOISES``, as the official code reads it.
+    A line listed twice stays twice (``-2`` is added to its key), so the draw matches the official one.
+    """
+    rir_list = rirs_root / REAL_RIR_LIST
+    if not rir_list.is_file():
+        raise DataError(f"{rir_list}: not found; is RIRS_NOISES complete?")
+    entries, seen = [], {}
+    with open(rir_list, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if "--rir-id" not in fields[:-1] or not fields[-1].endswith(".wav"):
+                raise DataError(f"{rir_list}:{lineno}: expected '--rir-id <id> ... <path>.wav', got {line.strip()!r}")
+            rir_id = fields[fields.index("--rir-id") + 1]
+            wav = rirs_root.parent / fields[-1]
+            if not wav.is_file():
+                raise DataError(f"{rir_list}:{lineno}: {wav} not found")
+            seen[rir_id] = seen.get(rir_id, 0) + 1
+            key = f"real/{rir_id}" + (f"-{seen[rir_id]}" if seen[rir_id] > 1 else "")
+            entries.append(AugmentEntry(key, str(wav), "real"))
+    if not entries:
+        raise DataError(f"{rir_list}: no RIRs listed")
     return entries
 
 
 def prepare_augment(archives: ArchiveDir, data_dir: Union[str, Path], raw_dir: Optional[Union[str, Path]] = None,
-                    nj: int = 1, include_largeroom: bool = False, chunk_s: float = 5.0,
+                    nj: int = 1, rir_sets: Sequence[str] = RIR_TYPES, chunk_s: float = 5.0,
                     hop_s: float = 3.0) -> List[str]:
     """Write ``data_dir/musan.list`` and ``data_dir/rirs.list``; returns the names of the steps that ran.
+
+    ``rir_sets``: the RIRs listed; the default is the official pool (real RIRs and all room sizes).
 
     Archives are extracted under ``raw_dir`` (default ``data_dir/raw_data``) unless the archive folder
     already holds extracted ``musan/`` or ``RIRS_NOISES/`` folders, which are then used in place.
     """
     data_dir = Path(data_dir)
     raw = Path(raw_dir) if raw_dir is not None else data_dir / "raw_data"
-    rooms = RIR_TYPES if include_largeroom else RIR_TYPES[:2]
+    rir_sets = tuple(rir_sets)
     steps = []
 
     musan_root = archives.path / "musan"
@@ -180,13 +218,13 @@ def prepare_augment(archives: ArchiveDir, data_dir: Union[str, Path], raw_dir: O
         logger.info("%s: %s windows", data_dir / "musan.list", counts)
 
     def rirs_list() -> None:
-        entries = list_rirs(rirs_root, rooms)
+        entries = list_rirs(rirs_root, rir_sets)
         write_augment_list(data_dir / "rirs.list", entries)
-        counts = {room: sum(e.type == room for e in entries) for room in rooms}
+        counts = {rir_set: sum(e.type == rir_set for e in entries) for rir_set in rir_sets}
         logger.info("%s: %s", data_dir / "rirs.list", counts)
 
     steps.append(Step("list_musan", data_dir / ".done_list_musan", musan_list,
                       signature=f"{musan_root} chunk={chunk_s} hop={hop_s}"))
     steps.append(Step("list_rirs", data_dir / ".done_list_rirs", rirs_list,
-                      signature=f"{rirs_root} rooms={','.join(rooms)}"))
+                      signature=f"{rirs_root} sets={','.join(rir_sets)}"))
     return run_steps(steps, archives)

@@ -1,4 +1,4 @@
-"""The authors' attentive statistics pooling and embedding layer (paper.md §2)."""
+"""The authors' attentive statistics pooling and embedding layer (docs/reproduction.md §Backends)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,26 +7,34 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from wespeaker_lap.models.common import frame_mask, masked_batch_norm, masked_mean_std, xavier_init_, zero_padding
+from wespeaker_lap.models.common import (
+    frame_mask,
+    masked_batch_norm,
+    masked_mean_var,
+    sqrt_or_zero,
+    xavier_init_,
+    zero_padding,
+)
 
-VAR_FLOOR = 1e-4  # the official floor of the attentive variance; also used for the context std
+VAR_FLOOR = 1e-4  # the official floor of the attentive (weighted) variance
 
 
 class AttentiveStatsPooling(nn.Module):
     """``x[B, C, T] -> [B, embed_dim]``: channel- and frame-dependent attention, mean and std, projection.
 
-    * Attention input: ``[x; mean; std]`` with the mean and std over time (global context),
-      scored by Conv1d(3C, C·reduction) → ReLU → BN → Conv1d(C·reduction, C).
+    * Attention input: ``[x; mean; std]`` with the mean and the unbiased std over time (global
+      context, no floor, as the official ``torch.std``), scored by Conv1d(3C, C·reduction) →
+      ReLU → BN → Conv1d(C·reduction, C).
     * In training, whole frames are dropped from the attention (same frames for every
-      channel, keep-probability ``1 - dropout``); if that would drop every valid frame of an
-      utterance, that utterance keeps all its frames.
+      channel, keep-probability ``1 - dropout``, one uniform draw per frame as the official
+      code); if that would drop every valid frame of an utterance, that utterance keeps all
+      its frames.
     * Softmax over time, weighted mean and std (sqrt of the variance clamped to 1e-4),
       BN(2C) → Linear(2C, embed_dim) → BN(embed_dim).
 
-    Departure from the official code, which never passes a mask: padded frames are masked
-    out of the attention and of the context statistics, and the context std is the masked,
-    biased std with its variance clamped to 1e-4 (the official one is ``torch.std``: unbiased,
-    no floor; the two differ by a factor sqrt((T-1)/T), about 0.5 % at T = 99).
+    Our extension: padded frames are masked out of the attention and of the context
+    statistics (the official code never passes a mask). A one-frame utterance has context
+    std 0 (the official ``torch.std`` gives NaN).
     """
 
     def __init__(self, in_dim: int, embed_dim: int = 192, reduction: float = 0.5, dropout: float = 0.1):
@@ -61,7 +69,8 @@ class AttentiveStatsPooling(nn.Module):
         mask = frame_mask(lengths, n_frames)
         x = zero_padding(x, mask)
 
-        mean, std = masked_mean_std(x, mask, VAR_FLOOR)  # [B, C, 1] each
+        mean, var = masked_mean_var(x, mask, unbiased=True)  # [B, C, 1] each
+        std = sqrt_or_zero(var)
         context = torch.cat([x, mean.expand_as(x), std.expand_as(x)], dim=1)  # [B, 3C, T]
         hidden = masked_batch_norm(self.attn_norm, F.relu(self.attn_in(context)), mask)
         scores = self.attn_out(hidden)  # [B, C, T]

@@ -55,20 +55,30 @@ def masked_batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: Tensor, mask: Op
     return out.movedim(-1, 1)  # [B, C, T, ...]
 
 
-def masked_mean_std(x: Tensor, mask: Optional[Tensor], var_floor: float) -> Tuple[Tensor, Tensor]:
-    """Mean and biased std over the valid frames of ``x[B, C, T]``, each ``[B, C, 1]``.
+def masked_mean_var(x: Tensor, mask: Optional[Tensor], unbiased: bool = True) -> Tuple[Tensor, Tensor]:
+    """Mean and variance over the valid frames of ``x[B, C, T]``, each ``[B, C, 1]``.
 
-    The variance is clamped to ``var_floor`` before the square root.
+    ``unbiased`` divides the squared deviations by ``N - 1`` (``torch.var``'s default, as the
+    official code); an utterance with a single valid frame then has variance 0, where the
+    official ``torch.var`` would give NaN (docs/reproduction.md §One-frame utterances).
     """
     if mask is None:
+        count = torch.full((1, 1, 1), x.shape[-1], dtype=x.dtype, device=x.device)
         mean = x.mean(dim=-1, keepdim=True)
-        var = (x - mean).pow(2).mean(dim=-1, keepdim=True)
+        squares = (x - mean).pow(2).sum(dim=-1, keepdim=True)
     else:
         weights = mask[:, None, :].to(x.dtype)  # [B, 1, T]
         count = weights.sum(dim=-1, keepdim=True)  # [B, 1, 1]
         mean = (x * weights).sum(dim=-1, keepdim=True) / count
-        var = ((x - mean).pow(2) * weights).sum(dim=-1, keepdim=True) / count
-    return mean, var.clamp(min=var_floor).sqrt()
+        squares = ((x - mean).pow(2) * weights).sum(dim=-1, keepdim=True)
+    denominator = (count - 1).clamp(min=1) if unbiased else count
+    return mean, squares / denominator
+
+
+def sqrt_or_zero(var: Tensor) -> Tensor:
+    """``sqrt(var)`` without a floor, 0 where ``var`` is 0, and a finite gradient there too."""
+    positive = var > 0
+    return torch.where(positive, torch.where(positive, var, torch.ones_like(var)).sqrt(), torch.zeros_like(var))
 
 
 def xavier_init_(module: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""ECAPA-TDNN as wired in the official code (WeSpeaker's model, paper.md §1.5).
+"""ECAPA-TDNN as wired in the official code (WeSpeaker's model; docs/reproduction.md §Backends).
 
 Padding invariance: padded frames are zeroed before every convolution and masked out of
 every statistic (BatchNorm batch statistics in training, SE means, pooling), so an
@@ -12,13 +12,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from wespeaker_lap.models.common import frame_mask, masked_batch_norm, masked_mean_std, xavier_init_, zero_padding
+from wespeaker_lap.models.common import frame_mask, masked_batch_norm, masked_mean_var, xavier_init_, zero_padding
 
 RES2_SCALE = 8
 SE_BOTTLENECK = 128
 MFA_CHANNELS = 1536  # WeSpeaker fixes the multi-layer aggregation width at 512 * 3 for every size
 ATTENTION_BOTTLENECK = 128
-VAR_FLOOR = 1e-7  # WeSpeaker's variance floor in its pooling
+VAR_EPS = 1e-7  # WeSpeaker's epsilon: added to the context variance, floor of the attentive variance
 
 
 class ConvReluBn(nn.Module):
@@ -63,7 +63,7 @@ class SqueezeExcite(nn.Module):
         self.excite = nn.Linear(bottleneck, channels)
 
     def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        mean, _ = masked_mean_std(x, mask, VAR_FLOOR)  # [B, C, 1]
+        mean, _ = masked_mean_var(x, mask)  # [B, C, 1]
         gates = torch.sigmoid(self.excite(F.relu(self.squeeze(mean.squeeze(-1)))))  # [B, C]
         return x * gates.unsqueeze(-1)
 
@@ -86,8 +86,8 @@ class SeRes2Block(nn.Module):
 class ContextAttentiveStats(nn.Module):
     """WeSpeaker's global-context ASTP: tanh attention on ``[x; mean; std]``, weighted mean and std.
 
-    The context std is the masked biased std (WeSpeaker's unmasked one is unbiased), floored
-    at 1e-7 like WeSpeaker's.
+    The context std is WeSpeaker's ``sqrt(var + 1e-7)`` with the unbiased variance, over valid
+    frames only.
     """
 
     def __init__(self, channels: int, bottleneck: int = ATTENTION_BOTTLENECK):
@@ -97,7 +97,8 @@ class ContextAttentiveStats(nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
         x = zero_padding(x, mask)
-        mean, std = masked_mean_std(x, mask, VAR_FLOOR)  # [B, C, 1] each
+        mean, var = masked_mean_var(x, mask, unbiased=True)  # [B, C, 1] each
+        std = (var + VAR_EPS).sqrt()
         context = torch.cat([x, mean.expand_as(x), std.expand_as(x)], dim=1)  # [B, 3C, T]
         scores = self.attn_out(torch.tanh(self.attn_in(context)))  # [B, C, T]
         if mask is not None:
@@ -105,7 +106,7 @@ class ContextAttentiveStats(nn.Module):
         alpha = torch.softmax(scores, dim=-1)
         weighted_mean = (alpha * x).sum(dim=-1)  # [B, C]
         weighted_var = (alpha * x.pow(2)).sum(dim=-1) - weighted_mean.pow(2)
-        return torch.cat([weighted_mean, weighted_var.clamp(min=VAR_FLOOR).sqrt()], dim=1)  # [B, 2C]
+        return torch.cat([weighted_mean, weighted_var.clamp(min=VAR_EPS).sqrt()], dim=1)  # [B, 2C]
 
 
 class EcapaTdnn(nn.Module):

@@ -1,6 +1,6 @@
 """Layer Attentive Pooling (LAP): per-frame, per-head layer gates, then max-pooling over layers.
 
-Follows the official ``LAP`` module (paper.md §1.2) step for step.
+Follows the official ``LAP`` module (docs/reproduction.md §Backends) step for step.
 """
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ def build_speaker_model(cfg: ModelConfig) -> SpeakerModel:
     from wespeaker_lap.models.backends import build_backend
 
     up = cfg.upstream
-    upstream = Upstream(up.name, path=up.path, frozen=up.frozen, cache_dir=up.cache_dir)
+    upstream = Upstream(up.name, path=up.path, frozen=up.frozen, cache_dir=up.cache_dir, waveform=up.waveform,
+                        finetune=up.finetune)
     backend = build_backend(cfg.backend.name, upstream.n_layers, upstream.hidden_dim, **cfg.backend.options)
     return SpeakerModel(upstream, backend)
 

@@ -2,13 +2,14 @@
 
 The model class comes from the config's ``model_type`` (``wavlm`` -> ``WavLMModel``, ``hubert`` ->
 ``HubertModel``, ``wav2vec2`` -> ``Wav2Vec2Model``), never from the name: the official LAP code loads
-HuBERT as ``Wav2Vec2Model``, which mis-initialises it for some configs (paper.md §8.1).
+HuBERT as ``Wav2Vec2Model``, which mis-initialises it for some configs (docs/reproduction.md
+§Official bugs we do not copy).
 
-Departures from plain ``from_pretrained`` defaults, to match the s3prl path and keep DDP safe:
-LayerDrop and SpecAugment-style time/feature masking are switched off (the official code, which
-trains HF models in train() mode, gets both implicitly in its fine-tuning phases; paper.md §8.9).
-Dropout stays as configured. The waveform is zero-mean/unit-variance normalised per utterance only
-when the model's feature-extractor config says ``do_normalize`` (as s3prl does from its checkpoint).
+The dropouts are set from ``model.upstream.finetune`` before loading; HF's own SpecAugment masking
+and LayerDrop are switched off, because ``wespeaker_lap.upstream.regularizers`` applies the same
+regularisers on both paths (docs/reproduction.md §Upstream regularisers). The waveform is fed raw
+(the official behaviour), or with ``waveform="checkpoint"`` zero-mean/unit-variance normalised per
+utterance when the model's feature-extractor config says ``do_normalize``.
 
 Frames: the real CNN output, ``floor((S - 400) / 320) + 1`` for the standard CNN, where s3prl
 reports ``(S - 1) // 320 + 1`` by repeating the last frame.
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from wespeaker_lap.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +55,12 @@ class HFUpstream(nn.Module):
     projection output, then every Transformer layer) and a list of frame lengths per state.
     """
 
-    def __init__(self, source: str, cache_dir: str | None = None):
+    def __init__(self, source: str, cache_dir: str | None = None, waveform: str = "raw",
+                 finetune: Optional[FinetuneConfig] = None):
         super().__init__()
         import transformers
+
+        from wespeaker_lap.upstream.regularizers import hf_config_overrides
 
         try:
             config = transformers.AutoConfig.from_pretrained(source, cache_dir=cache_dir)
@@ -69,11 +75,11 @@ class HFUpstream(nn.Module):
                 f"hf:{source}: model_type {config.model_type!r} is not supported "
                 f"(expected one of {', '.join(_MODEL_CLASSES)})"
             )
-        config.layerdrop = 0.0
-        config.apply_spec_augment = False
+        for key, value in hf_config_overrides(finetune or FinetuneConfig()).items():
+            setattr(config, key, value)
         model_class = getattr(transformers, _MODEL_CLASSES[config.model_type])
         self.model = model_class.from_pretrained(source, config=config, cache_dir=cache_dir)
-        self.normalize_waveform = _feature_extractor_normalizes(source, cache_dir)
+        self.normalize_waveform = waveform == "checkpoint" and _feature_extractor_normalizes(source, cache_dir)
         self._kernels = list(config.conv_kernel)
         self._strides = list(config.conv_stride)
         self._receptive_field = receptive_field(self._kernels, self._strides)
@@ -110,6 +116,9 @@ class HFUpstream(nn.Module):
         out = self.model(wavs, attention_mask=valid.long(), output_hidden_states=True)
         frame_lens = conv_output_lengths(wav_lens.to(wavs.device), self._kernels, self._strides)
         hidden_states = list(out.hidden_states)
+        # transformers 5 records the last layer's output before a stable-layer-norm (Large) model's final
+        # LayerNorm; transformers 4 (the official code's) and s3prl give the normalised output.
+        hidden_states[-1] = out.last_hidden_state
         return hidden_states, [frame_lens] * len(hidden_states)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from wespeaker_lap.config import FinetuneConfig
 from wespeaker_lap.upstream.cache import (
     HF_PREFIX,
     UpstreamError,
@@ -40,15 +41,27 @@ class Upstream(nn.Module):
         cache_dir: s3prl download directory for registered names (pre-stage it with
             ``tools/download_upstream.py``; a staged file is used without network access), or the
             ``transformers`` cache for ``hf:`` names. None: the library's default.
+        waveform: ``"raw"`` feeds the waveform as read, as the official code does; ``"checkpoint"``
+            normalises it per utterance (zero mean, unit variance) when the checkpoint's own config
+            says so, as s3prl does (docs/reproduction.md §Waveform input).
+        finetune: the regularisers of a trainable upstream in train mode (span time-masking with
+            the learned mask embedding, LayerDrop, dropouts; ``wespeaker_lap.upstream.regularizers``),
+            the same on the s3prl and ``hf:`` paths. Masking and LayerDrop never act when frozen or
+            in eval mode.
 
-    ``L`` counts the CNN/input state: 13 for Base models, 25 for Large. LayerDrop is off (s3prl
-    zeroes it; the ``hf:`` path does the same), so every layer runs in every step. When training,
-    parameters the forward never uses (mask embeddings, pre-training heads) are frozen, so DDP
-    needs no ``find_unused_parameters``.
+    ``L`` counts the CNN/input state: 13 for Base models, 25 for Large. A layer skipped by
+    LayerDrop repeats the previous hidden state, so ``L`` never changes. When training,
+    parameters the forward never uses (pre-training heads; the mask embedding unless time
+    masking is on) are frozen, so DDP needs no ``find_unused_parameters``.
     """
 
-    def __init__(self, name: str, path: Optional[str] = None, frozen: bool = True, cache_dir: Optional[str] = None):
+    def __init__(self, name: str, path: Optional[str] = None, frozen: bool = True, cache_dir: Optional[str] = None,
+                 waveform: Literal["raw", "checkpoint"] = "raw", finetune: FinetuneConfig = FinetuneConfig()):
         super().__init__()
+        from wespeaker_lap.upstream.regularizers import fairseq_regularizers, hf_regularizers
+
+        if waveform not in ("raw", "checkpoint"):
+            raise UpstreamError(f"{name}: waveform must be 'raw' or 'checkpoint', got {waveform!r}")
         self.name = name
         self.frozen = frozen
         if name.startswith(HF_PREFIX):
@@ -56,9 +69,13 @@ class Upstream(nn.Module):
                 raise UpstreamError(f"{name}: hf: names take no path; give the directory in the name (hf:/path/to/dir)")
             from wespeaker_lap.upstream.hf import HFUpstream
 
-            self.model = HFUpstream(name[len(HF_PREFIX):], cache_dir=cache_dir)
+            self.model = HFUpstream(name[len(HF_PREFIX):], cache_dir=cache_dir, waveform=waveform, finetune=finetune)
+            self.regularizers = hf_regularizers(self.model.model, finetune, name) if not frozen else None
         else:
             self.model = _load_s3prl(name, path, cache_dir)
+            _set_waveform_normalization(self.model.upstream, waveform, name)
+            self.regularizers = (fairseq_regularizers(_fairseq_model(self.model.upstream, name), finetune, name)
+                                 if not frozen else None)
 
         self.n_layers = self.model.num_layers
         self.hidden_dim = _single(self.model.hidden_sizes, name, "hidden sizes")
@@ -71,6 +88,7 @@ class Upstream(nn.Module):
                 if hasattr(module, "feature_grad_mult"):
                     module.feature_grad_mult = 1.0
             self._freeze_unused_parameters()
+            _log_regularizers(name, self.regularizers, finetune)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "Upstream":
@@ -94,13 +112,24 @@ class Upstream(nn.Module):
             raise ValueError(f"{self.name}: expected wavs [B, S] and wav_lens [B], "
                              f"got {tuple(wavs.shape)} and {tuple(wav_lens.shape)}")
         grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
-        with grad:
-            hidden_states, lengths = self.model(wavs, wav_lens)
+        regularize = self.regularizers is not None and self.training
+        if regularize:
+            self.regularizers.begin(wav_lens, wavs.device)
+        try:
+            with grad:
+                hidden_states, lengths = self.model(wavs, wav_lens)
+        finally:
+            if regularize:
+                self.regularizers.end()
         hidden = torch.stack(hidden_states, dim=2)  # L x [B, T, D] -> [B, T, L, D]
         return hidden, lengths[0].to(hidden.device)
 
     def _freeze_unused_parameters(self) -> None:
-        """Run one forward/backward on a short noise wave and freeze the parameters it leaves without gradient."""
+        """Run one forward/backward on a short noise wave and freeze the parameters it leaves without gradient.
+
+        The probe runs in eval mode, without masking; the mask embedding stays trainable when the
+        regularisers mask (it then takes part in every training step).
+        """
         was_training = self.model.training
         self.model.eval()
         generator = torch.Generator().manual_seed(0)
@@ -108,7 +137,8 @@ class Upstream(nn.Module):
         hidden_states, _ = self.model(wavs, torch.tensor([_PROBE_SAMPLES]))
         torch.stack([h.sum() for h in hidden_states]).sum().backward()
         params = dict(self.model.named_parameters())
-        unused = [n for n, p in params.items() if p.requires_grad and p.grad is None]
+        mask_embedding = None if self.regularizers is None else self.regularizers.mask_embedding
+        unused = [n for n, p in params.items() if p.requires_grad and p.grad is None and p is not mask_embedding]
         for param_name, param in params.items():
             param.grad = None
             if param_name in unused:
@@ -117,6 +147,41 @@ class Upstream(nn.Module):
             logger.info("%s: froze %d parameters the forward does not use: %s",
                         self.name, len(unused), ", ".join(unused))
         self.model.train(was_training)
+
+
+def _log_regularizers(name: str, regularizers, finetune: FinetuneConfig) -> None:
+    from wespeaker_lap.upstream.regularizers import official_finetune
+
+    logger.info("%s: fine-tuning regularisers: %s", name, regularizers.describe())
+    official = official_finetune(name)
+    if official is not None and official != finetune:
+        differ = [f"{key}={getattr(finetune, key)} (official {getattr(official, key)})"
+                  for key in official.__dataclass_fields__ if getattr(finetune, key) != getattr(official, key)]
+        logger.warning("%s: model.upstream.finetune differs from the official code's values for this checkpoint: %s",
+                       name, ", ".join(differ))
+
+
+# Where s3prl's experts keep their "normalise the waveform" flag (read at every forward).
+_NORMALIZE_FLAGS = (("cfg", "normalize"), ("task_cfg", "normalize"), (None, "wav_normalize"))
+
+
+def _set_waveform_normalization(expert: nn.Module, waveform: str, name: str) -> None:
+    """``raw``: switch off the expert's per-utterance normalisation; ``checkpoint``: leave it as configured."""
+    for holder_name, flag in _NORMALIZE_FLAGS:
+        holder = expert if holder_name is None else getattr(expert, holder_name, None)
+        if holder is not None and getattr(holder, flag, None) is not None:
+            if waveform == "raw" and getattr(holder, flag):
+                setattr(holder, flag, False)
+                logger.info("%s: the checkpoint normalises the waveform; fed raw instead (waveform: raw)", name)
+            return
+
+
+def _fairseq_model(expert: nn.Module, name: str) -> nn.Module:
+    model = getattr(expert, "model", None)
+    if model is None or not hasattr(model, "encoder"):
+        raise UpstreamError(f"{name}: only wav2vec 2.0-style upstreams (WavLM, HuBERT, wav2vec 2.0, ...) can be "
+                            f"fine-tuned here; use model.upstream.frozen: true")
+    return model
 
 
 def _single(values: Sequence[int], name: str, what: str) -> int:
