@@ -97,10 +97,14 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training data: a Kaldi data directory, crops, speed perturbation, augmentation."""
+    """Training data: a Kaldi data directory, crops, speed perturbation, augmentation.
+
+    Audio is 16 kHz (``wespeaker_lap.data.audio.SAMPLE_RATE``), the rate of every supported upstream;
+    a file at another rate is refused, naming it.
+    """
 
     train_dir: str = "data/vox2_dev"
-    crop_seconds: float = 2.0  # audio is 16 kHz (``wespeaker_lap.data.audio.SAMPLE_RATE``), as every upstream expects
+    crop_seconds: float = 2.0
     speed_perturb_prob: float = 0.4  # split evenly between 0.9 and 1.1; 0 disables it
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 4

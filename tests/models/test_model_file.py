@@ -173,3 +173,32 @@ def test_load_errors_name_the_file(tmp_path, tiny_upstreams):
         torch.save({**blob, key: value}, mismatched)
         with pytest.raises(ValueError, match=f"mismatched.pt: .*{message}"):
             read_model_file(mismatched)
+
+
+def test_registered_name_identity_is_the_s3prl_cache_file(tmp_path, tiny_upstreams, other_tiny_upstreams,
+                                                          monkeypatch):
+    import socket
+
+    from wespeaker_lap.upstream import cache_file, stage_weights
+
+    with socket.socket() as sock:  # no download of the real WavLM Base+: every proxy is a closed port
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(var, closed)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+    cache = tmp_path / "cache"
+    staged = stage_weights("wavlm_base_plus", tiny_upstreams["wavlm"], cache)  # offline stand-in for WavLM Base+
+    cfg = ModelConfig(upstream=UpstreamConfig(name="wavlm_base_plus", cache_dir=str(cache)),
+                      backend=BackendConfig(name="lap_astp", options={"hidden_dim": 16, "n_heads": 4}))
+    save_speaker_model(tmp_path / "model.pt", build_speaker_model(cfg), cfg)
+    recorded = read_model_file(tmp_path / "model.pt").upstream_identity
+    assert recorded["file"] == str(cache_file("wavlm_base_plus", cache)) == str(staged)
+    shutil.copy(other_tiny_upstreams["wavlm"], staged)  # re-staged from another file
+    with pytest.raises(UpstreamMismatchError, match=r"wavlm_base_plus from .*wavlm_base_plus\.pt"):
+        load_speaker_model(tmp_path / "model.pt")
+    staged.unlink()  # gone: the upstream's own loader names the missing file
+    with pytest.raises(FileNotFoundError, match="weights not cached"):
+        load_speaker_model(tmp_path / "model.pt")

@@ -118,6 +118,7 @@ def check_upstream(model_file: ModelFile, upstream: Optional[UpstreamConfig] = N
     """Compare the recorded upstream identity with the checkpoint ``upstream`` (default: the file's) points at.
 
     A mismatch raises ``UpstreamMismatchError`` naming both (and ``hint``), or only warns with ``allow_mismatch``.
+    A checkpoint that is not there is left to the upstream's own loader, whose error says where to put it.
     """
     from wespeaker_lap.upstream.identity import describe, identity_mismatch, upstream_identity
 
@@ -127,7 +128,10 @@ def check_upstream(model_file: ModelFile, upstream: Optional[UpstreamConfig] = N
         logger.warning("%s records no upstream identity (an older file): %s is not checked",
                        model_file.path, upstream.name)
         return
-    current = upstream_identity(upstream)
+    try:
+        current = upstream_identity(upstream)
+    except FileNotFoundError:  # building the upstream then says what is missing and how to get it
+        return
     why = identity_mismatch(recorded, current) if recorded.get("name") == current["name"] else "the name differs"
     if why is None:
         return
