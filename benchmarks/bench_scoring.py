@@ -39,14 +39,20 @@ def make_data(args: argparse.Namespace, work: Path) -> None:
     rng = np.random.default_rng(0)
     keys = [f"id{i % 1251:05d}/v{i // 1251:04d}/{i:06d}.wav" for i in range(args.n_utts)]
     embeddings = rng.standard_normal((args.n_utts, args.dim), dtype=np.float32) + 0.2
-    with kaldiio.WriteHelper(f"ark,scp:{work}/eval.ark,{work}/eval.scp") as writer:
+    # The recipe's layout (bin/score.py): emb/<set>/xvector.scp, data/<set>/utt2spk, emb/train_mean.npy.
+    for name in ("vox1", "vox2_dev"):
+        (work / "emb" / name).mkdir(parents=True, exist_ok=True)
+        (work / "data" / name).mkdir(parents=True, exist_ok=True)
+    with kaldiio.WriteHelper(f"ark,scp:{work}/emb/vox1/xvector.ark,{work}/emb/vox1/xvector.scp") as writer:
         for key, vector in zip(keys, embeddings):
             writer(key, vector)
-    cohort = rng.standard_normal((args.n_cohort, args.dim), dtype=np.float32) + 0.2
-    with kaldiio.WriteHelper(f"ark,scp:{work}/cohort.ark,{work}/cohort.scp") as writer:
+    cohort = rng.standard_normal((args.n_cohort, args.dim), dtype=np.float32) + 0.2  # one utterance per speaker
+    with kaldiio.WriteHelper(f"ark,scp:{work}/emb/vox2_dev/xvector.ark,{work}/emb/vox2_dev/xvector.scp") as writer:
         for s, vector in enumerate(cohort):
             writer(f"id{s:05d}", vector)
-    np.save(work / "mean.npy", np.full(args.dim, 0.2, dtype=np.float32))
+    speakers = "".join(f"id{s:05d} id{s:05d}\n" for s in range(args.n_cohort))
+    (work / "data" / "vox2_dev" / "utt2spk").write_text(speakers)
+    np.save(work / "emb" / "train_mean.npy", np.full(args.dim, 0.2, dtype=np.float32))
     enroll = rng.integers(0, args.n_utts, args.n_trials)
     test = rng.integers(0, args.n_utts, args.n_trials)
     labels = rng.random(args.n_trials) < 0.5
@@ -60,9 +66,9 @@ def run_pipeline(args: argparse.Namespace, work: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of the scoring command."""
     command = [
         sys.executable, "-m", "wespeaker_lap.bin.score",
-        "--trials", str(work / "vox1_E.kaldi"), "--embeddings", str(work / "eval.scp"),
-        "--mean", str(work / "mean.npy"), "--cohort", str(work / "cohort.scp"),
-        "--top_k", str(args.top_k), "--out_dir", str(work / "scores"),
+        "--trials", str(work / "vox1_E.kaldi"), "--data_dir", str(work / "data"),
+        "--embeddings_dir", str(work / "emb"), "--train_set", "vox2_dev", "--eval_set", "vox1",
+        "--out_dir", str(work / "scores"), f"cohort.top_k={args.top_k}", "calibration.enabled=false",
     ]
     start = time.perf_counter()
     subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
@@ -73,9 +79,10 @@ def run_pipeline(args: argparse.Namespace, work: Path) -> tuple[float, float]:
 
 def naive_loop(args: argparse.Namespace, work: Path) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Per-key read seconds, per-trial seconds, and the subsample's (cosine, AS-Norm) scores."""
-    specifiers = dict(line.split() for line in (work / "eval.scp").read_text().splitlines())
-    cohort = np.stack([kaldiio.load_mat(line.split()[1]) for line in (work / "cohort.scp").read_text().splitlines()])
-    mean = np.load(work / "mean.npy")
+    specifiers = dict(line.split() for line in (work / "emb" / "vox1" / "xvector.scp").read_text().splitlines())
+    cohort_scp = (work / "emb" / "vox2_dev" / "xvector.scp").read_text().splitlines()
+    cohort = np.stack([kaldiio.load_mat(line.split()[1]) for line in cohort_scp])
+    mean = np.load(work / "emb" / "train_mean.npy")
     trials = [line.split() for line in (work / "vox1_E.kaldi").read_text().splitlines()[: args.naive_trials]]
 
     start = time.perf_counter()
@@ -104,7 +111,7 @@ def naive_loop(args: argparse.Namespace, work: Path) -> tuple[float, float, np.n
 
 
 def stage_times(log: Path) -> str:
-    stages = re.findall(r"\[wespeaker_lap\.bin\.score\] (.+): ([\d.]+) s$", log.read_text(), flags=re.M)
+    stages = re.findall(r"\[wespeaker_lap\.scoring\.pipeline\] (.+): ([\d.]+) s$", log.read_text(), flags=re.M)
     return ", ".join(f"{name} {float(sec):.1f} s" for name, sec in stages)
 
 

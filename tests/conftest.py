@@ -29,6 +29,12 @@ def tiny_upstreams(tmp_path_factory) -> Dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def other_tiny_upstreams(tmp_path_factory) -> Dict[str, Path]:
+    """Like ``tiny_upstreams`` (same shapes and file sizes) with other random weights (seed 1)."""
+    return _run_make_tiny_upstream("--out_dir", str(tmp_path_factory.mktemp("other_tiny_upstream")), "--seed", "1")
+
+
+@pytest.fixture(scope="session")
 def tiny_hf_dir(tmp_path_factory) -> Path:
     """A tiny random-init HuggingFace ``WavLMModel`` directory (2 layers x 32) for ``hf:<dir>``."""
     paths = _run_make_tiny_upstream("--out_dir", str(tmp_path_factory.mktemp("tiny_hf")), "--hf")

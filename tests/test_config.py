@@ -67,3 +67,31 @@ def test_saved_config_round_trips(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_eval_config_checks_keys_and_ranges(tmp_path):
+    from wespeaker_lap.config import EvalConfig
+
+    path = write(tmp_path, "eval.yaml", {"cohort": {"top_k": 300}, "extraction": {"mode": "fast"}})
+    cfg = load_config(path, ["calibration.trials=500"], cls=EvalConfig)
+    assert (cfg.cohort.top_k, cfg.extraction.mode, cfg.calibration.trials) == (300, "fast", 500)
+    assert cfg.averaging.num_average is None and cfg.cohort.source == "train"
+    for override, message in [("cohort.topk=3", r"eval\.yaml: unknown key cohort\.topk"),
+                              ("cohort.top_k=1", "cohort.top_k: must be >= 2"),
+                              ("extraction.mode=quick", "extraction.mode: 'quick' is not one of"),
+                              ("extraction.max_batch_seconds=0", "extraction.max_batch_seconds: must be > 0"),
+                              ("averaging.num_average=0", "averaging.num_average: must be >= 1 or null"),
+                              ("report.lists=[a, a]", "report.lists: must be a non-empty list without repeats"),
+                              ("report.n_boot=-1", "report.n_boot: must be >= 0"),
+                              ("cohort.source=null", "calibration needs AS-Norm scores")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, [override], cls=EvalConfig)
+    assert load_config(path, ["cohort.source=null", "calibration.enabled=false"], cls=EvalConfig).cohort.source is None
+
+
+def test_retired_sample_rate_key_loads_only_with_its_one_value(tmp_path):
+    old = write(tmp_path, "old.yaml", {"data": {"sample_rate": 16000, "crop_seconds": 3.0}})
+    assert load_config(old).data.crop_seconds == 3.0  # configs and checkpoints written before its removal
+    assert "sample_rate" not in to_dict(from_dict(ExperimentConfig, {"data": {"sample_rate": 16000}}))["data"]
+    with pytest.raises(ConfigError, match=r"new\.yaml: data\.sample_rate was removed: audio is always 16 kHz"):
+        load_config(write(tmp_path, "new.yaml", {"data": {"sample_rate": 8000}}))

@@ -12,6 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from wespeaker_lap import cli
+from wespeaker_lap.config import ExtractionConfig
 from wespeaker_lap.data.kaldi import DataError, load_data_dir, write_map
 from wespeaker_lap.extraction import extract_shard, merge_shards, write_training_stats
 from wespeaker_lap.inference import Embedder, load_model, plan_batches
@@ -143,7 +145,7 @@ def test_score_subtracts_training_mean(exp_dir, data_dir):
         (exp_dir / "embeddings" / "train_mean.npy").unlink()
 
 
-def test_cli_round_trip(exp_dir, data_dir, tmp_path):
+def test_cli_round_trip(exp_dir, data_dir, tmp_path, capsys):
     data = load_data_dir(data_dir)
     wavs = [data.wav_scp["spk0/utt0"], data.wav_scp["spk2/utt2"]]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -156,6 +158,14 @@ def test_cli_round_trip(exp_dir, data_dir, tmp_path):
     sim = subprocess.run([sys.executable, "-m", "wespeaker_lap", "similarity", "--exp_dir", str(exp_dir), *wavs],
                          check=True, env=env, capture_output=True, text=True)
     assert float(sim.stdout) == pytest.approx(api.score(*wavs), abs=1e-5)
+    cohort = tmp_path / "cohort"
+    write_training_stats(data, extract(exp_dir, data_dir, cohort), tmp_path / "mean.npy", cohort)
+    capsys.readouterr()
+    cli.main(["similarity", "--exp_dir", str(exp_dir), *wavs, "--cohort", str(cohort / "spk_xvector.scp"),
+              "--top_k", "2"])
+    as_norm = load_model(exp_dir, cohort=cohort / "spk_xvector.scp", top_k=2).score(*wavs)
+    assert float(capsys.readouterr().out) == pytest.approx(as_norm, abs=1e-5)
+    assert as_norm != pytest.approx(api.score(*wavs))
 
 
 def test_cli_names_missing_model(tmp_path):
@@ -167,7 +177,7 @@ def test_cli_names_missing_model(tmp_path):
 
 def test_gate_heat_map(exp_dir, data_dir, tmp_path):
     from wespeaker_lap.models import load_speaker_model
-    from wespeaker_lap.scoring.gates import layer_gates, plot_gates
+    from wespeaker_lap.models.gates import layer_gates, plot_gates
 
     model, _ = load_speaker_model(exp_dir / "final_model.pt")
     wav, _ = sf.read(load_data_dir(data_dir).wav_scp["spk0/utt3"], dtype="float32")
@@ -178,23 +188,78 @@ def test_gate_heat_map(exp_dir, data_dir, tmp_path):
     assert (tmp_path / "gates.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_extraction_modes_from_the_eval_config(exp_dir):
+    from wespeaker_lap.models import load_speaker_model
+
+    model, _ = load_speaker_model(exp_dir / "final_model.pt")
+    exact = Embedder.from_config(model, "cpu", ExtractionConfig(mode="exact"))
+    assert (exact.max_batch_samples, exact.max_batch_size, exact.autocast) == (0, 1, None)
+    assert Embedder.from_config(model, "cpu", ExtractionConfig(mode="auto")).max_batch_size == 1  # CPU: exact
+    fast = Embedder.from_config(model, "cpu", ExtractionConfig(mode="fast", max_batch_seconds=2.5, max_batch_size=3,
+                                                               precision="bf16"))
+    assert (fast.max_batch_samples, fast.max_batch_size) == (40000, 3)
+    assert fast.autocast is None and "fp32" in fast.description  # autocast only on CUDA
+    if torch.cuda.is_available():
+        gpu = Embedder.from_config(model, "cuda", ExtractionConfig(mode="auto", precision="fp16"))
+        assert gpu.fast and gpu.autocast is torch.float16
+
+
+def _recipe_layout(exp_dir, data_dir, tmp_path):
+    """Stage 4 by hand into ``tmp_path/emb/<set>`` (the data dir is both the training and the test set)."""
+    name = data_dir.name
+    scp = extract(exp_dir, data_dir, tmp_path / "emb" / name)
+    write_training_stats(load_data_dir(data_dir), scp, tmp_path / "emb" / "train_mean.npy", tmp_path / "emb" / name)
+    (exp_dir / "embeddings").mkdir(exist_ok=True)
+    (exp_dir / "embeddings" / "train_mean.npy").write_bytes((tmp_path / "emb" / "train_mean.npy").read_bytes())
+    return name
+
+
 def test_api_score_agrees_with_recipe_scoring(exp_dir, data_dir, tmp_path):
-    """``load_model(exp).score(a, b)`` equals the cosine score that ``bin.score`` writes for the trial."""
+    """``load_model(exp).score(a, b)`` equals the cosine and the AS-Norm scores ``bin.score`` writes for the trial."""
     from wespeaker_lap.data.kaldi import write_trials
 
-    scp = extract(exp_dir, data_dir, tmp_path / "emb")
-    write_training_stats(load_data_dir(data_dir), scp, exp_dir / "embeddings" / "train_mean.npy", tmp_path / "emb")
+    name = _recipe_layout(exp_dir, data_dir, tmp_path)
     try:
         trials = [("spk0/utt0", "spk0/utt3", 1), ("spk1/utt1", "spk2/utt5", 0)]
         write_trials(tmp_path / "trials", trials)
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-m", "wespeaker_lap.bin.score", "--trials", str(tmp_path / "trials"),
-                        "--embeddings", str(scp), "--mean", str(exp_dir / "embeddings" / "train_mean.npy"),
-                        "--out_dir", str(tmp_path / "scores")], check=True, env=env, capture_output=True)
-        lines = (tmp_path / "scores" / "cosine" / "trials.score").read_text().split("\n")
-        recipe = {(e, t): float(score) for e, t, score, _ in (line.split() for line in lines if line)}
-        api, wav = load_model(exp_dir), load_data_dir(data_dir).wav_scp
-        for enroll, test, _ in trials:
-            assert api.score(wav[enroll], wav[test]) == pytest.approx(recipe[enroll, test], abs=1e-5)
+                        "--data_dir", str(data_dir.parent), "--embeddings_dir", str(tmp_path / "emb"),
+                        "--train_set", name, "--eval_set", name, "--out_dir", str(tmp_path / "scores"),
+                        "cohort.top_k=2", "calibration.enabled=false"], check=True, env=env, capture_output=True)
+        wav = load_data_dir(data_dir).wav_scp
+        cohort = tmp_path / "emb" / name / "spk_xvector.scp"
+        for variant, api in [("cosine", load_model(exp_dir)), ("asnorm", load_model(exp_dir, cohort=cohort, top_k=2))]:
+            lines = (tmp_path / "scores" / variant / "trials.score").read_text().split("\n")
+            recipe = {(e, t): float(score) for e, t, score, _ in (line.split() for line in lines if line)}
+            for enroll, test, _ in trials:
+                assert api.score(wav[enroll], wav[test]) == pytest.approx(recipe[enroll, test], abs=1e-5), variant
+        assert "top_k: 2" in (tmp_path / "scores" / "eval.yaml").read_text()
+        with pytest.raises(ValueError, match=r"cohort.top_k=5 must be between 2 and the size of the cohort \(3 rows"):
+            load_model(exp_dir, cohort=cohort, top_k=5)
     finally:
         (exp_dir / "embeddings" / "train_mean.npy").unlink()
+
+
+def test_extract_script_runs_fast_mode_from_the_eval_config(exp_dir, data_dir, tmp_path):
+    """``bin.extract`` takes its settings from ``--config`` + overrides and saves the resolved copy."""
+    exact = dict(kaldiio.load_scp(str(extract(exp_dir, data_dir, tmp_path / "exact"))))
+    config = tmp_path / "eval.yaml"
+    config.write_text("extraction:\n  mode: fast\n  num_workers: 0\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "wespeaker_lap.bin.extract", "--model", str(exp_dir / "final_model.pt"),
+                          "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "fast"), "--config", str(config),
+                          "extraction.max_batch_seconds=10"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    saved = (tmp_path / "fast" / "eval.yaml").read_text()
+    assert "mode: fast" in saved and "max_batch_seconds: 10.0" in saved
+    fast = dict(kaldiio.load_scp(str(tmp_path / "fast" / "xvector.scp")))
+    assert sorted(fast) == sorted(exact)
+    keys = sorted(exact)
+    assert any(not np.array_equal(fast[k], exact[k]) for k in keys)  # batched: padding shifts the statistics
+    cos = np.stack([fast[k] / np.linalg.norm(fast[k]) for k in keys]) @ np.stack(
+        [exact[k] / np.linalg.norm(exact[k]) for k in keys]).T  # [N, N]
+    np.testing.assert_array_equal(cos.argmax(axis=1), np.arange(len(keys)))  # each still nearest its own
+    bad = subprocess.run([sys.executable, "-m", "wespeaker_lap.bin.extract", "--model", "m.pt", "--data_dir", "d",
+                          "--out_dir", "o", "extraction.mode=quick"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "extraction.mode: 'quick' is not one of" in bad.stderr

@@ -2,6 +2,8 @@
 
     wespeaker-lap embed --exp_dir exp/mini a.wav b.wav [--out emb.npy]
     wespeaker-lap similarity --exp_dir exp/mini a.wav b.wav
+    wespeaker-lap similarity --exp_dir exp/mini a.wav b.wav \\
+        --cohort exp/mini/embeddings/train/spk_xvector.scp --top_k 20   # AS-Norm, as the recipe scores
 """
 from __future__ import annotations
 
@@ -19,17 +21,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     embed = sub.add_parser("embed", help="print (or save) the embedding of each wav")
     embed.add_argument("wavs", nargs="+")
     embed.add_argument("--out", help="save the [N, E] matrix as .npy instead of printing")
-    sim = sub.add_parser("similarity", help="cosine similarity of two wavs (training mean subtracted)")
+    sim = sub.add_parser("similarity", help="cosine similarity of two wavs (training mean subtracted), or AS-Norm")
     sim.add_argument("wavs", nargs=2)
+    sim.add_argument("--cohort", help="scp of cohort embeddings: score with AS-Norm against them")
+    sim.add_argument("--top_k", type=int, default=None, help="AS-Norm top-k (default: the evaluation config's)")
     for sp in (embed, sim):
         sp.add_argument("--exp_dir", required=True, help="experiment directory with final_model.pt")
         sp.add_argument("--device", default="cpu")
+        sp.add_argument("--allow_upstream_mismatch", action="store_true",
+                        help="go on (with a warning) when the upstream checkpoint is not the one trained with")
     args = p.parse_args(argv)
 
     from wespeaker_lap.inference import load_model
     from wespeaker_lap.utils.io import atomic_open
 
-    model = load_model(args.exp_dir, device=args.device)
+    cohort = dict(cohort=args.cohort, top_k=args.top_k) if args.command == "similarity" else {}
+    model = load_model(args.exp_dir, device=args.device, allow_upstream_mismatch=args.allow_upstream_mismatch,
+                       **cohort)
     if args.command == "similarity":
         print(f"{model.score(*args.wavs):.6f}")
         return 0

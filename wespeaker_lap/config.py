@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Type, TypeVar, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
 
@@ -24,6 +24,13 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override does not match the schema."""
+
+
+# Keys removed from the schema, with the one value they could meaningfully take: files that still carry that
+# value (configs and checkpoints written before the removal) load; any other value is an error that says why.
+RETIRED_KEYS: Dict[str, Tuple[Any, str]] = {
+    "data.sample_rate": (16000, "audio is always 16 kHz, the rate of every supported upstream; resample the data"),
+}
 
 
 # ----------------------------------------------------------------------------- schema
@@ -130,11 +137,14 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training data: a Kaldi data directory, crops, speed perturbation, augmentation."""
+    """Training data: a Kaldi data directory, crops, speed perturbation, augmentation.
+
+    Audio is 16 kHz (``wespeaker_lap.data.audio.SAMPLE_RATE``), the rate of every supported upstream;
+    a file at another rate is refused, naming it.
+    """
 
     train_dir: str = "data/vox2_dev"
     crop_seconds: float = 2.0
-    sample_rate: int = 16000
     speed_perturb_prob: float = 0.4  # split evenly between 0.9 and 1.1; 0 disables it
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 4
@@ -214,6 +224,112 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# ----------------------------------------------------------------------------- evaluation (stages 4-6)
+
+
+def _check_ranges(checks: Sequence[Tuple[str, bool, str]]) -> None:
+    for key, ok, reason in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {reason}")
+
+
+@dataclass(frozen=True)
+class AveragingConfig:
+    """Which epochs of the last training phase make the evaluated model."""
+
+    num_average: Optional[int] = None  # last N epochs; null: the last phase's train.num_average (its final_model.pt)
+
+    def __post_init__(self) -> None:
+        _check_ranges([("averaging.num_average", self.num_average is None or self.num_average >= 1,
+                        f"must be >= 1 or null, got {self.num_average}")])
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """How whole utterances are embedded.
+
+    ``exact``: one utterance per forward in fp32 (TF32 off), bit-identical with the Python API.
+    ``fast``: utterances batched by length (at most ``max_batch_seconds`` of padded audio and
+    ``max_batch_size`` utterances per forward); on a GPU under autocast at ``precision`` with TF32
+    allowed (on the CPU in fp32). Padding shifts the upstream's normalisation statistics a little, so
+    embeddings differ slightly from exact ones. ``auto``: fast on CUDA, exact on the CPU.
+    """
+
+    mode: Literal["exact", "fast", "auto"] = "exact"
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # fast mode on a GPU only
+    max_batch_seconds: float = 120.0
+    max_batch_size: int = 64
+    num_workers: int = 2  # audio-reading worker processes per extraction process
+
+    def __post_init__(self) -> None:
+        _check_ranges([
+            ("extraction.max_batch_seconds", self.max_batch_seconds > 0, f"must be > 0, got {self.max_batch_seconds}"),
+            ("extraction.max_batch_size", self.max_batch_size >= 1, f"must be >= 1, got {self.max_batch_size}"),
+            ("extraction.num_workers", self.num_workers >= 0, f"must be >= 0, got {self.num_workers}"),
+        ])
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """The AS-Norm cohort: whose embeddings, one per speaker or per utterance, and how many top scores."""
+
+    source: Optional[str] = "train"  # "train": the training set; another data set's name; null: no AS-Norm
+    type: Literal["speaker", "utterance"] = "speaker"  # speaker: each speaker's mean embedding
+    top_k: int = 600  # highest cohort scores kept per embedding
+
+    def __post_init__(self) -> None:
+        _check_ranges([
+            ("cohort.source", self.source is None or bool(self.source.strip()), "must be a data set name or null"),
+            ("cohort.top_k", self.top_k >= 2, f"must be >= 2 (a std needs two scores), got {self.top_k}"),
+        ])
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Quality-aware calibration, trained on trials sampled from the training set (needs a cohort)."""
+
+    enabled: bool = True
+    trials: int = 30000  # sampled training trials, half target, half non-target
+    seed: int = 7
+    standardize: bool = False  # standardise the features (an ablation; not the paper)
+
+    def __post_init__(self) -> None:
+        _check_ranges([
+            ("calibration.trials", self.trials >= 2, f"must be >= 2, got {self.trials}"),
+            ("calibration.seed", self.seed >= 0, f"must be >= 0, got {self.seed}"),
+        ])
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The results table: which trial lists (score-file stems, in this order) and the EER's bootstrap CI."""
+
+    lists: Optional[List[str]] = None  # null: every list that was scored
+    n_boot: int = 1000  # bootstrap replicates for the 95 % CI (0: no CI)
+
+    def __post_init__(self) -> None:
+        _check_ranges([
+            ("report.lists", self.lists is None or (len(self.lists) > 0 and len(set(self.lists)) == len(self.lists)),
+             f"must be a non-empty list without repeats, or null, got {self.lists}"),
+            ("report.n_boot", self.n_boot >= 0, f"must be >= 0, got {self.n_boot}"),
+        ])
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Stages 4-6: averaging, extraction, scoring (cosine, AS-Norm, calibration) and the report."""
+
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    cohort: CohortConfig = field(default_factory=CohortConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def __post_init__(self) -> None:
+        _check_ranges([("calibration.enabled", not (self.calibration.enabled and self.cohort.source is None),
+                        "calibration needs AS-Norm scores: set cohort.source, or calibration.enabled: false")])
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -279,6 +395,7 @@ def _build(cls: Type[T], data: Any, where: str) -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    data = _without_retired(cls, data, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -328,10 +445,22 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
     return data
 
 
+def _without_retired(cls: Any, data: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """``data`` (the section ``where`` of a ``cls``) without its :data:`RETIRED_KEYS`, whose values are checked."""
+    kept = dict(data)
+    for dotted, (value, reason) in RETIRED_KEYS.items():
+        section, _, key = dotted.rpartition(".")
+        if section == where and key in kept and key not in {f.name for f in dataclasses.fields(cls)}:
+            if kept.pop(key) != value:
+                raise ConfigError(f"{dotted} was removed: {reason}")
+    return kept
+
+
 def _check_keys(cls: Any, data: Any, where: str) -> None:
     """Reject keys that are not in the schema (types are checked after merging)."""
     if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
         return
+    data = _without_retired(cls, data, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

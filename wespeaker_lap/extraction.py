@@ -1,22 +1,25 @@
 """Embedding extraction for a Kaldi data directory, sharded over processes, written as Kaldi ark/scp.
 
-Rank r embeds every ``world``-th length-sorted batch into ``xvector.<r>.ark``; rank 0 then
-merges the per-rank scp files into ``xvector.scp`` and fails if any utterance is missing.
+``extract_data_dir`` is stage 4 for one set: rank r embeds every ``world``-th length-sorted batch
+into ``xvector.<r>.ark``; rank 0 then merges the per-rank scp files into ``xvector.scp`` (failing if
+any utterance is missing) and saves the resolved evaluation config as ``eval.yaml`` beside them.
 For a training set it also writes the mean embedding and the per-speaker mean embeddings
-(the AS-Norm cohort).
+(``spk_xvector.scp``, a speaker cohort for the Python API).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wespeaker_lap.data.kaldi import DataDir, DataError, read_map, write_map
-from wespeaker_lap.inference import SAMPLE_RATE, Embedder, plan_batches
+from wespeaker_lap.config import EvalConfig, save_config
+from wespeaker_lap.data.audio import SAMPLE_RATE
+from wespeaker_lap.data.kaldi import DataDir, DataError, load_data_dir, read_map, write_map
+from wespeaker_lap.inference import Embedder, plan_batches
 from wespeaker_lap.utils.io import atomic_open
 
 log = logging.getLogger(__name__)
@@ -101,3 +104,36 @@ def write_training_stats(data: DataDir, scp: Path, mean_path: Path, cohort_dir: 
     log.info("training stats: mean of %d utterances -> %s; %d speaker means -> %s",
              len(embeddings.keys), mean_path, len(cohort.keys), spk_scp)
 
+
+def extract_data_dir(model_path: Path, data_dir: Path, out_dir: Path, cfg: EvalConfig,
+                     mean_out: Optional[Path] = None, allow_upstream_mismatch: bool = False) -> Optional[Path]:
+    """Embed ``data_dir`` into ``out_dir/xvector.scp`` in this process (one of ``WORLD_SIZE`` under torchrun).
+
+    ``mean_out`` marks a training set: the mean embedding goes there and the speaker means beside the
+    embeddings. Returns the merged scp on rank 0 (None elsewhere).
+    """
+    from wespeaker_lap.models.model_file import load_speaker_model
+    from wespeaker_lap.training.distributed import barrier, cleanup_distributed, init_distributed, set_deterministic
+    from wespeaker_lap.utils.logging import setup_logging
+
+    ctx = init_distributed()
+    out_dir = Path(out_dir)
+    try:
+        setup_logging(str(out_dir / "log" / f"extract.{ctx.rank}.log"))
+        set_deterministic(warn_only=True)  # an op without a deterministic kernel warns instead of stopping
+        data = load_data_dir(data_dir, need_spk=mean_out is not None)
+        model, _ = load_speaker_model(model_path, device=ctx.device, allow_upstream_mismatch=allow_upstream_mismatch)
+        embedder = Embedder.from_config(model, ctx.device, cfg.extraction)
+        log.info("%s -> %s: %s", data_dir, out_dir, embedder.description)
+        extract_shard(embedder, data, out_dir, ctx.rank, ctx.world_size, cfg.extraction.num_workers)
+        barrier()
+        if not ctx.is_main:
+            return None
+        scp = merge_shards(data, out_dir, ctx.world_size)
+        if mean_out is not None:
+            write_training_stats(data, scp, Path(mean_out), out_dir)
+        save_config(cfg, str(out_dir / "eval.yaml"))
+        log.info("wrote %d embeddings to %s", len(data.wav_scp), scp)
+        return scp
+    finally:
+        cleanup_distributed()

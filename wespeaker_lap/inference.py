@@ -1,18 +1,26 @@
 """Whole-utterance speaker embeddings: the one code path shared by extraction, the API and the CLI.
 
-``Embedder`` turns waveforms into embeddings in batches of similar length with padding masks;
-``load_model(exp_dir)`` wraps a trained experiment for ``.embed(wav)`` and ``.score(a, b)``.
+``Embedder`` turns waveforms into embeddings, exactly (one utterance per forward in fp32) or fast
+(batches of similar length, autocast on a GPU; see ``config.ExtractionConfig``); ``load_model(exp_dir)``
+wraps a trained experiment for ``.embed(wav)`` and ``.score(a, b)`` (cosine, or AS-Norm with a cohort).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
+from wespeaker_lap.data.audio import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from wespeaker_lap.config import ExtractionConfig
+    from wespeaker_lap.scoring.asnorm import Cohort
+
 Audio = Union[str, Path, np.ndarray]
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def plan_batches(lengths: Sequence[int], max_batch_samples: int, max_batch_size: int) -> List[List[int]]:
@@ -34,16 +42,54 @@ def plan_batches(lengths: Sequence[int], max_batch_samples: int, max_batch_size:
     return batches
 
 
-class Embedder:
-    """Embeds whole utterances with a ``SpeakerModel`` in eval mode, deterministically."""
+@contextlib.contextmanager
+def _cuda_numerics(device: torch.device, fast: bool, dtype: Optional[torch.dtype]) -> Iterator[None]:
+    """On CUDA: TF32 on (fast) or off (exact) and autocast at ``dtype`` (None: fp32); restored on exit."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = fast
+    try:
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu", max_batch_seconds: float = 0.0,
-                 max_batch_size: int = 64):
-        # max_batch_seconds == 0: one utterance per forward (bit-identical to the API on any batch mix).
+
+class Embedder:
+    """Embeds whole utterances with a ``SpeakerModel`` in eval mode, deterministically.
+
+    ``max_batch_seconds == 0`` (the default) is the exact mode: one utterance per forward in fp32, so an
+    embedding never depends on what else is extracted. Otherwise utterances of similar length share a
+    padded forward of at most ``max_batch_seconds`` of audio and ``max_batch_size`` utterances, with
+    TF32 allowed and, given ``autocast``, under ``torch.autocast`` at that dtype (CUDA only).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", max_batch_seconds: float = 0.0,
+                 max_batch_size: int = 64, autocast: Optional[torch.dtype] = None):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
+        self.fast = max_batch_seconds > 0
         self.max_batch_samples = int(max_batch_seconds * SAMPLE_RATE)
-        self.max_batch_size = max_batch_size if max_batch_seconds > 0 else 1
+        self.max_batch_size = max_batch_size if self.fast else 1
+        self.autocast = autocast if self.fast and self.device.type == "cuda" else None
+
+    @classmethod
+    def from_config(cls, model: torch.nn.Module, device: str | torch.device, cfg: "ExtractionConfig") -> "Embedder":
+        """The embedder of ``extraction.mode`` on ``device`` (``auto``: fast on CUDA, exact elsewhere)."""
+        device = torch.device(device)
+        if cfg.mode == "exact" or (cfg.mode == "auto" and device.type != "cuda"):
+            return cls(model, device)
+        return cls(model, device, cfg.max_batch_seconds, cfg.max_batch_size, _DTYPES[cfg.precision])
+
+    @property
+    def description(self) -> str:
+        if not self.fast:
+            return "exact: one utterance per forward, fp32"
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast]
+        return (f"fast: up to {self.max_batch_samples / SAMPLE_RATE:g} s and {self.max_batch_size} utterances "
+                f"per forward, {precision}" + (", TF32" if self.device.type == "cuda" else ""))
 
     @torch.inference_mode()
     def embed_batch(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
@@ -52,7 +98,8 @@ class Embedder:
         padded = torch.zeros(len(wavs), int(lens.max()))  # [N, S_max], zero padding past each length
         for i, w in enumerate(wavs):
             padded[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        emb = self.model(padded.to(self.device), lens.to(self.device))
+        with _cuda_numerics(self.device, self.fast, self.autocast):
+            emb = self.model(padded.to(self.device), lens.to(self.device))
         return emb.float().cpu().numpy()
 
     def embed_many(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
@@ -75,40 +122,66 @@ def to_waveform(audio: Audio, key: str = "input") -> np.ndarray:
         return read_audio(key, str(audio), SAMPLE_RATE)
     wav = np.asarray(audio, dtype=np.float32)
     if wav.ndim != 1 or wav.size == 0:
-        raise ValueError(f"{key}: expected a non-empty 1-D 16 kHz waveform, got shape {wav.shape}")
+        raise ValueError(f"{key}: expected a non-empty 1-D {SAMPLE_RATE // 1000} kHz waveform, got shape {wav.shape}")
     return wav
 
 
 class SpeakerVerifier:
-    """A trained model for inference: ``embed(wav)`` and ``score(wav_a, wav_b)``."""
+    """A trained model for inference: ``embed(wav)`` and ``score(wav_a, wav_b)``.
 
-    def __init__(self, embedder: Embedder, mean: Optional[np.ndarray] = None):
+    ``score`` is the recipe's: cosine after subtracting the training mean (when there is one), then
+    AS-Norm against ``cohort`` when one is given (``scoring.asnorm.Cohort``, centred with the same mean).
+    """
+
+    def __init__(self, embedder: Embedder, mean: Optional[np.ndarray] = None, cohort: Optional["Cohort"] = None):
         self.embedder = embedder
         self.mean = mean
+        self.cohort = cohort
 
     def embed(self, wav: Audio) -> np.ndarray:
         """The raw embedding, identical to the one extraction writes to the ark."""
         return self.embedder.embed_many([to_waveform(wav)])[0]
 
     def score(self, wav_a: Audio, wav_b: Audio) -> float:
-        """Cosine similarity, after subtracting the training-set mean when the experiment has one."""
+        """Cosine similarity of the centred embeddings, AS-Norm-ed when the verifier has a cohort."""
+        from wespeaker_lap.scoring.asnorm import as_norm
         from wespeaker_lap.scoring.cosine import center_and_normalize
 
         pair = np.stack([self.embed(wav_a), self.embed(wav_b)])  # [2, E]
         mean = self.mean if self.mean is not None else np.zeros(pair.shape[1], dtype=np.float32)
-        a, b = center_and_normalize(pair, mean)  # the recipe's cosine scoring, on one trial
-        return float(a @ b)
+        normalized = center_and_normalize(pair, mean)  # the recipe's cosine scoring, on one trial
+        cosine = normalized[:1] @ normalized[1]  # [1]
+        if self.cohort is None:
+            return float(cosine[0])
+        mu, sigma = self.cohort.statistics(normalized)  # [2], [2]: enroll, test
+        return float(as_norm(cosine, mu[:1], sigma[:1], mu[1:], sigma[1:])[0])
 
 
-def load_model(exp_dir: Union[str, Path], device: str = "cpu") -> SpeakerVerifier:
-    """Load ``exp_dir/final_model.pt`` (and ``exp_dir/embeddings/train_mean.npy`` if present)."""
-    from wespeaker_lap.models import load_speaker_model
+def load_model(exp_dir: Union[str, Path], device: str = "cpu", cohort: Union[str, Path, None] = None,
+               top_k: Optional[int] = None, allow_upstream_mismatch: bool = False) -> SpeakerVerifier:
+    """Load ``exp_dir/final_model.pt`` (and ``exp_dir/embeddings/train_mean.npy`` if present).
+
+    ``cohort``: an scp of cohort embeddings, one row per cohort entry (the recipe writes the training
+    speakers' means to ``exp_dir/embeddings/<train_set>/spk_xvector.scp``); ``score`` then applies
+    AS-Norm with the ``top_k`` highest cohort scores (default: ``CohortConfig.top_k``).
+    ``allow_upstream_mismatch`` loads even when the upstream checkpoint is not the one trained with.
+    """
+    from wespeaker_lap.models.model_file import load_speaker_model
 
     exp_dir = Path(exp_dir)
     model_path = exp_dir / "final_model.pt"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no final model; run the recipe's stage 4 (averaging) first")
-    model, _ = load_speaker_model(str(model_path), device=device)
+    model, _ = load_speaker_model(model_path, device=device, allow_upstream_mismatch=allow_upstream_mismatch)
     mean_path = exp_dir / "embeddings" / "train_mean.npy"
     mean = np.load(mean_path) if mean_path.is_file() else None
-    return SpeakerVerifier(Embedder(model, device), mean)
+    verifier_cohort = None
+    if cohort is not None:
+        from wespeaker_lap.config import CohortConfig
+        from wespeaker_lap.scoring.asnorm import Cohort
+        from wespeaker_lap.scoring.embeddings import read_embeddings
+
+        rows = read_embeddings(cohort, progress=False)
+        dim_mean = mean if mean is not None else np.zeros(rows.matrix.shape[1], dtype=np.float32)
+        verifier_cohort = Cohort.from_embeddings(rows, dim_mean, top_k or CohortConfig().top_k)
+    return SpeakerVerifier(Embedder(model, device), mean, verifier_cohort)

@@ -6,6 +6,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -236,21 +237,21 @@ def test_download_fetches_only_missing_files(vox_archives, tmp_path):
         archives.require([Archive("not_there.txt")])
 
 
-def test_recipe_script_prepares_everything(vox_archives, tmp_path):
+def test_stage_script_prepares_everything(vox_archives, tmp_path):
     archives = fake.copy_archives(vox_archives, tmp_path / "archives")
     data = tmp_path / "data"
-    cmd = ["bash", "local/prepare_data.sh", "--archive_dir", str(archives.archive_dir), "--nj", "2",
-           "--md5_opts", f"--md5_file {archives.md5_file}", str(data)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=REPO / "egs" / "voxceleb", env=env, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "wespeaker_lap.bin.prepare_voxceleb", "--archive_dir", str(archives.archive_dir),
+           "--nj", "2", "--md5_file", str(archives.md5_file), "--data_dir", str(data)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     for path in ("vox2_dev/utt2dur", "vox1_dev/spk2utt", "vox1/trials/vox1_E_cleaned.kaldi",
                  "log/prepare_voxceleb.log"):  # musan.list and rirs.list are made in stage 2
         assert (data / path).is_file(), path
-    for archive_dir, message in [(tmp_path / "nowhere", "archive folder .*nowhere not found"),
+    for archive_dir, message in [(tmp_path / "nowhere", "prepare_voxceleb: error: archive folder .*nowhere not found"),
                                  (tmp_path / "empty", "prepare_voxceleb: error: .*missing archive files")]:
         (tmp_path / "empty").mkdir(exist_ok=True)
-        cmd[3], cmd[-1] = str(archive_dir), str(tmp_path / "fresh_data")
-        result = subprocess.run(cmd, cwd=REPO / "egs" / "voxceleb", env=env, capture_output=True, text=True)
+        cmd[4], cmd[-1] = str(archive_dir), str(tmp_path / "fresh_data")
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
         assert result.returncode == 1
         assert re.search(message, result.stderr) and "vox2_dev_aac_partaa .. vox2_dev_aac_partah" in result.stderr

@@ -53,6 +53,19 @@ def test_every_system_config_is_valid():
                 assert set(cfg.model.backend.options) <= set(backend_options(cfg.model.backend.name)), system
 
 
+def test_eval_configs_are_valid_and_hold_every_evaluation_setting():
+    from wespeaker_lap.config import EvalConfig, load_config
+
+    top_k = {"voxceleb": 600, "mini": 20}
+    for recipe in ("voxceleb", "mini"):
+        conf = REPO / "egs" / recipe / "conf"
+        cfg = load_config(str(conf / "eval.yaml"), cls=EvalConfig)
+        assert cfg.cohort.top_k == top_k[recipe] and cfg.extraction.mode == "exact"
+        settings = (conf / "recipe.sh").read_text()
+        for gone in ("num_average=", "top_k=", "calib_trials=", "extract_batch_seconds="):
+            assert gone not in settings, (recipe, gone)
+
+
 def test_exp_dir_follows_the_chosen_system(tmp_path):
     """``--system`` without ``--exp_dir`` writes to exp/<system> (stage 4 fails at once: nothing trained)."""
     out = run_recipe("voxceleb", "--system", "lap_wavlm_large", "--stage", "4", "--stop_stage", "4",

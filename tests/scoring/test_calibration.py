@@ -1,10 +1,15 @@
 """Quality-aware calibration: trial sampling, the logistic-regression model, the training pipeline."""
+import dataclasses
+
 import numpy as np
 import pytest
 
+from wespeaker_lap.config import CalibrationConfig
 from wespeaker_lap.data.kaldi import DataError
+from wespeaker_lap.scoring.asnorm import Cohort
 from wespeaker_lap.scoring.calibration import (
     FEATURE_NAMES,
+    CalibrationSet,
     QualityCalibrator,
     log_durations,
     quality_features,
@@ -107,11 +112,26 @@ def test_train_calibrator_leaves_the_trial_speakers_out_of_the_cohort():
     mean = train.matrix.mean(axis=0)
     speakers = sorted(set(utt2spk.values()))
     cohort_raw = np.stack([train.matrix[[utt2spk[k] == s for k in train.keys]].mean(axis=0) for s in speakers])
-    cohort = center_and_normalize(cohort_raw, mean)
-    args = (train, utt2spk, "utt2spk", utt2dur, "utt2dur", mean, cohort, speakers)
-    calibrator, summary = train_calibrator(*args, top_k=6, n_trials=400, seed=1)  # 8 speakers - 2 left out
+    data = CalibrationSet(train, [utt2spk[k] for k in train.keys], np.log([utt2dur[k] for k in train.keys]))
+    settings = CalibrationConfig(trials=400, seed=1)
+    cohort = Cohort(center_and_normalize(cohort_raw, mean), speakers, top_k=6)  # 8 speakers - 2 left out
+    calibrator, summary = train_calibrator(data, mean, cohort, settings)
     assert calibrator.feature_names == FEATURE_NAMES and calibrator.weights.shape == (9,)
-    assert summary["n_trials"] == 400 and summary["n_target"] == 200
+    assert summary["n_trials"] == 400 and summary["n_target"] == 200 and summary["top_k"] == 6
     assert summary["train_eer_calibrated"] <= summary["train_eer_asnorm"] + 0.02
     with pytest.raises(ValueError, match="only 6 cohort entries remain"):
-        train_calibrator(*args, top_k=7, n_trials=400, seed=1)
+        train_calibrator(data, mean, dataclasses.replace(cohort, top_k=7), settings)
+    with pytest.raises(ValueError, match="needs the speaker of each cohort row"):
+        train_calibrator(data, mean, dataclasses.replace(cohort, speakers=None), settings)
+
+
+def test_calibration_set_reads_kaldi_files_and_names_them(tmp_path):
+    train, utt2spk, utt2dur = _training_set()
+    (tmp_path / "utt2spk").write_text("".join(f"{k} {v}\n" for k, v in utt2spk.items()))
+    (tmp_path / "utt2dur").write_text("".join(f"{k} {v}\n" for k, v in list(utt2dur.items())[1:]))
+    with pytest.raises(DataError, match=rf"utt2dur: no duration for utterance '{train.keys[0]}'"):
+        CalibrationSet.read(train, tmp_path / "utt2spk", tmp_path / "utt2dur")
+    (tmp_path / "utt2dur").write_text("".join(f"{k} {v}\n" for k, v in utt2dur.items()))
+    data = CalibrationSet.read(train, tmp_path / "utt2spk", tmp_path / "utt2dur")
+    assert list(data.speakers) == [utt2spk[k] for k in train.keys]
+    np.testing.assert_allclose(data.log_duration, np.log([utt2dur[k] for k in train.keys]), rtol=1e-6)

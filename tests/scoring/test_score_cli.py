@@ -15,37 +15,37 @@ DIM = 8
 
 @pytest.fixture
 def recipe(tmp_path):
-    """Training set (6 speakers x 5 utterances) and an evaluation set (4 speakers x 3) with trials."""
+    """The recipe's layout: a training set (6 speakers x 5 utterances) and an evaluation set (4 speakers x 3)
+    as ``data/<set>`` and ``emb/<set>/xvector.scp``, the training mean ``emb/train_mean.npy``, two trial lists."""
     rng = np.random.default_rng(0)
     train, eval_ = {}, {}
-    lines = {"utt2spk": [], "utt2dur": [], "eval_utt2dur": []}
+    lines = {"train/utt2spk": [], "train/utt2dur": [], "eval/utt2dur": []}
     for s in range(6):
         center = rng.normal(0, 1, DIM)
         for u in range(5):
             key = f"spk{s}-{u}"
             train[key] = (center + rng.normal(0, 0.6, DIM) + 1.0).astype(np.float32)
-            lines["utt2spk"].append(f"{key} spk{s}")
-            lines["utt2dur"].append(f"{key} {rng.uniform(2, 10):.2f}")
+            lines["train/utt2spk"].append(f"{key} spk{s}")
+            lines["train/utt2dur"].append(f"{key} {rng.uniform(2, 10):.2f}")
     for s in range(4):
         center = rng.normal(0, 1, DIM)
         for u in range(3):
             key = f"ev{s}-{u}"
             eval_[key] = (center + rng.normal(0, 0.6, DIM) + 1.0).astype(np.float32)
-            lines["eval_utt2dur"].append(f"{key} {rng.uniform(2, 10):.2f}")
+            lines["eval/utt2dur"].append(f"{key} {rng.uniform(2, 10):.2f}")
     for name, content in lines.items():
-        (tmp_path / name).write_text("\n".join(content) + "\n")
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_text("\n".join(content) + "\n")
     keys = list(eval_)
     pairs = [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:]]
     trials = [f"{a} {b} {'target' if a[:3] == b[:3] else 'nontarget'}" for a, b in pairs]
     (tmp_path / "list_a.txt").write_text("\n".join(trials) + "\n")
     (tmp_path / "list_b.txt").write_text("\n".join(trials[::3]) + "\n")
-    return {
-        "dir": tmp_path,
-        "train": train,
-        "eval": eval_,
-        "train_scp": write_ark(tmp_path, "train", train),
-        "eval_scp": write_ark(tmp_path, "eval", eval_),
-    }
+    write_ark(tmp_path / "emb" / "train", "xvector", train)
+    write_ark(tmp_path / "emb" / "eval", "xvector", eval_)
+    np.save(tmp_path / "emb" / "train_mean.npy",
+            np.stack(list(train.values())).mean(axis=0, dtype=np.float64).astype(np.float32))
+    return {"dir": tmp_path, "train": train, "eval": eval_}
 
 
 def _cos(a, b):
@@ -66,8 +66,8 @@ def _run(recipe, *extra):
     d = recipe["dir"]
     score.main([
         "--trials", str(d / "list_a.txt"), str(d / "list_b.txt"),
-        "--embeddings", str(recipe["eval_scp"]),
-        "--mean", str(recipe["train_scp"]),
+        "--data_dir", str(d / "data"), "--embeddings_dir", str(d / "emb"),
+        "--train_set", "train", "--eval_set", "eval",
         "--out_dir", str(d / "scores"),
         *extra,
     ])
@@ -80,14 +80,10 @@ def _read_lines(path):
 @pytest.mark.parametrize("cohort_type", ["speaker", "utterance"])
 def test_score_writes_every_variant_in_trial_order(recipe, cohort_type):
     d = recipe["dir"]
-    _run(
-        recipe,
-        "--cohort", str(recipe["train_scp"]), "--cohort_type", cohort_type,
-        "--cohort_utt2spk", str(d / "utt2spk"), "--top_k", "3",
-        "--calibrate", "--calib_embeddings", str(recipe["train_scp"]),
-        "--calib_utt2spk", str(d / "utt2spk"), "--calib_utt2dur", str(d / "utt2dur"),
-        "--eval_utt2dur", str(d / "eval_utt2dur"), "--calib_trials", "200",
-    )
+    config = d / "eval.yaml"
+    config.write_text(f"cohort: {{type: {cohort_type}, top_k: 4}}\ncalibration: {{trials: 100}}\n")
+    _run(recipe, "--config", str(config), "cohort.top_k=3", "calibration.trials=200")  # overrides win
+    assert "top_k: 3" in (d / "scores" / "eval.yaml").read_text()
     train, eval_ = recipe["train"], recipe["eval"]
     mean = np.mean(np.stack(list(train.values())), axis=0)
     if cohort_type == "speaker":
@@ -106,7 +102,7 @@ def test_score_writes_every_variant_in_trial_order(recipe, cohort_type):
 
     calibration = json.loads((d / "scores" / "calibrated" / "calibration.json").read_text())
     assert len(calibration["weights"]) == 9 and calibration["n_trials"] == 200
-    durations = dict(line.split() for line in (d / "eval_utt2dur").read_text().splitlines())
+    durations = dict(line.split() for line in (d / "data" / "eval" / "utt2dur").read_text().splitlines())
     e, t, _ = trials[0]
     x_e, x_t = eval_[e].astype(np.float64), eval_[t].astype(np.float64)
     features = [
@@ -121,12 +117,13 @@ def test_score_writes_every_variant_in_trial_order(recipe, cohort_type):
 
 def test_cosine_only_and_the_report(recipe):
     d = recipe["dir"]
-    _run(recipe)
+    _run(recipe, "cohort.source=null", "calibration.enabled=false")
     assert not (d / "scores" / "asnorm").exists()
     out = d / "exp" / "results.md"
-    make_report.main(["--scores_dir", str(d / "scores"), "--system", "tiny", "--out", str(out), "--n_boot", "20"])
+    make_report.main(["--scores_dir", str(d / "scores"), "--system", "tiny", "--out", str(out), "report.n_boot=20"])
     make_report.main(["--scores_dir", str(d / "scores"), "--system", "other", "--out", str(out),
-                      "--n_boot", "0", "--append"])
+                      "report.n_boot=0", "--append"])
+    assert "n_boot: 0" in (d / "exp" / "results.eval.yaml").read_text()
     rows = out.read_text().split("\n\n")[0].splitlines()[2:]
     assert [r.split(" | ")[:2] for r in rows] == [["| tiny", "cosine"], ["| other", "cosine"]]
     assert (d / "exp" / "det_tiny_cosine.png").is_file() and (d / "exp" / "det_other_cosine.png").is_file()
@@ -140,8 +137,33 @@ def test_missing_embedding_and_bad_arguments(recipe, capsys):
     with open(d / "list_b.txt", "a") as f:
         f.write("ev0-0 nobody nontarget\n")
     n_lines = len((d / "list_b.txt").read_text().splitlines())
-    with pytest.raises(DataError, match=rf"list_b\.txt:{n_lines}: no embedding for 'nobody' in .*eval\.scp"):
+    with pytest.raises(DataError, match=rf"list_b\.txt:{n_lines}: no embedding for 'nobody' in .*xvector\.scp"):
         _run(recipe)
     with pytest.raises(SystemExit):
-        _run(recipe, "--calibrate")
-    assert "--calibrate needs --cohort" in capsys.readouterr().err
+        _run(recipe, "cohort.source=null")
+    assert "calibration.enabled: calibration needs AS-Norm scores" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run(recipe, "cohort.topk=3")
+    assert "unknown key cohort.topk" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"cohort.top_k=7 must be between 2 and the size of the cohort \(6 rows"):
+        _run(recipe, "cohort.top_k=7", "--trials", str(d / "list_a.txt"))
+    (d / "data" / "train" / "utt2dur").unlink()
+    with pytest.raises(DataError, match=r"train/utt2dur: file not found"):
+        _run(recipe, "cohort.top_k=3", "--trials", str(d / "list_a.txt"))
+
+
+def test_cohort_from_another_set(recipe):
+    """``cohort.source`` names any extracted set; a copy of the training set gives the same AS-Norm scores."""
+    import shutil
+
+    d = recipe["dir"]
+    _run(recipe, "cohort.top_k=3", "calibration.enabled=false")
+    expected = (d / "scores" / "asnorm" / "list_a.score").read_text()
+    shutil.copytree(d / "data" / "train", d / "data" / "other")
+    write_ark(d / "emb" / "other", "xvector", recipe["train"])
+    shutil.rmtree(d / "scores")
+    _run(recipe, "cohort.top_k=3", "calibration.enabled=false", "cohort.source=other")
+    assert (d / "scores" / "asnorm" / "list_a.score").read_text() == expected
+    (d / "data" / "other" / "utt2spk").unlink()
+    with pytest.raises(DataError, match=r"other/utt2spk: file not found"):
+        _run(recipe, "cohort.top_k=3", "calibration.enabled=false", "cohort.source=other")

@@ -78,6 +78,7 @@ def test_phase1_final_model_is_the_head_with_speed_classes_and_no_frozen_upstrea
     assert model["speakers"] == [f"spk{i}" for i in range(N_SPEAKERS)]
     assert not any(key.startswith("upstream.") for key in model["state_dict"])
     assert model["averaged_checkpoints"] == ["epoch_0003_step_00000006.pt", "epoch_0004_step_00000008.pt"]
+    assert model["sample_rate"] == 16000 and model["upstream_identity"]["name"] == "wavlm_local"
 
 
 @pytest.mark.slow
@@ -114,7 +115,7 @@ def test_phase3_uses_long_crops_accumulation_large_margin_and_constant_lr(chain)
 @pytest.mark.slow
 def test_average_model_cli_averages_the_chosen_epochs(chain, tmp_path):
     out = tmp_path / "avg.pt"
-    average_model.main(["--exp_dir", str(chain / "phase1"), "--num", "1", "--out", str(out)])
+    average_model.main(["--exp_dir", str(chain / "phase1"), "averaging.num_average=1", "--out", str(out)])
     single = torch.load(out, weights_only=True)
     assert single["averaged_checkpoints"] == ["epoch_0004_step_00000008.pt"]
     last = ckpt.load_checkpoint(chain / "phase1" / "checkpoints" / "epoch_0004_step_00000008.pt")
@@ -122,6 +123,20 @@ def test_average_model_cli_averages_the_chosen_epochs(chain, tmp_path):
         assert torch.equal(single["loss_head"][key], value)
     two = final(chain / "phase1")  # the trainer's own average of epochs 3 and 4 differs from epoch 4 alone
     assert not torch.equal(two["loss_head"]["weight"], single["loss_head"]["weight"])
+    again = tmp_path / "again.pt"  # without a number: the run's train.num_average, i.e. the trainer's average
+    average_model.main(["--exp_dir", str(chain / "phase1"), "--out", str(again)])
+    default = torch.load(again, weights_only=True)
+    assert default["averaged_checkpoints"] == two["averaged_checkpoints"]
+    assert all(torch.equal(default["loss_head"][k], v) for k, v in two["loss_head"].items())
+
+
+@pytest.mark.slow
+def test_init_from_a_model_of_another_upstream_checkpoint_is_refused(chain, tmp_path, tiny_train_dir,
+                                                                     other_tiny_upstreams, in_process_torch):
+    cfg = tiny_config(tiny_train_dir, other_tiny_upstreams["wavlm"],  # same family and size, other weights
+                      train={"init_from": str(chain / "phase1" / ckpt.FINAL_MODEL_NAME)})
+    with pytest.raises(ValueError, match=r"upstream mismatch \(the content differs\).*Every phase must use"):
+        Trainer(from_dict(ExperimentConfig, cfg), tmp_path / "exp", CPU)
 
 
 @pytest.mark.slow

@@ -1,35 +1,33 @@
-"""Average the last N epoch checkpoints of a run into a model file.
+"""Stage 4: average the last epoch checkpoints of a training run into the evaluated model file.
 
-``python -m wespeaker_lap.bin.average_model --exp_dir DIR [--num N] [--out FILE]``
+    python -m wespeaker_lap.bin.average_model --config conf/eval.yaml --exp_dir exp/lap/phase3_lmft \\
+        --out exp/lap/final_model.pt [averaging.num_average=3]
 
-The training script already writes ``DIR/final_model.pt`` this way (N = ``train.num_average``);
-use this to average a different number of epochs. The output carries the averaged loss head, so
-it can be a later phase's ``train.init_from``.
+How many epochs: ``averaging.num_average`` of the evaluation config; null (the default) takes the
+run's ``train.num_average``, the average its training already wrote to ``DIR/final_model.pt``.
+The output carries the averaged loss head, so it can also be a later phase's ``train.init_from``.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional, Sequence
 
 from wespeaker_lap.utils.logging import setup_logging
+from wespeaker_lap.utils.options import add_eval_config_options, eval_config
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--exp_dir", required=True, type=Path, help="training directory with checkpoints/")
-    parser.add_argument("--num", type=int, default=None, help="epochs to average (default: train.num_average)")
-    parser.add_argument("--out", type=Path, default=None, help="model file (default: DIR/final_model.pt)")
-    args = parser.parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_dir", required=True, type=Path, help="training directory with config.yaml and checkpoints/")
+    p.add_argument("--out", type=Path, default=None, help="model file (default: DIR/final_model.pt)")
+    add_eval_config_options(p)
+    args, cfg = eval_config(p, argv)
     setup_logging()
 
-    from wespeaker_lap.config import load_config
-    from wespeaker_lap.training.checkpoint import CHECKPOINT_SUBDIR, FINAL_MODEL_NAME, write_final_model
+    from wespeaker_lap.training.checkpoint import FINAL_MODEL_NAME, average_run
 
-    num = args.num if args.num is not None else load_config(str(args.exp_dir / "config.yaml")).train.num_average
-    if num < 1:
-        parser.error(f"--num must be >= 1, got {num}")
-    write_final_model(args.exp_dir / CHECKPOINT_SUBDIR, num, args.out or args.exp_dir / FINAL_MODEL_NAME)
+    average_run(args.exp_dir, cfg.averaging.num_average, args.out or args.exp_dir / FINAL_MODEL_NAME)
 
 
 if __name__ == "__main__":

@@ -5,20 +5,23 @@
 from __future__ import annotations
 
 import argparse
+from typing import Optional, Sequence
 
 from wespeaker_lap.inference import to_waveform
-from wespeaker_lap.models import load_speaker_model
-from wespeaker_lap.scoring.gates import layer_gates, plot_gates
+from wespeaker_lap.models.gates import layer_gates, plot_gates
+from wespeaker_lap.models.model_file import load_speaker_model
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--wav", required=True)
     p.add_argument("--out", required=True)
-    args = p.parse_args()
-    model, _ = load_speaker_model(args.model)
-    if not hasattr(model, "layer_gates") or not hasattr(model.backend, "layer_gates"):
+    p.add_argument("--allow_upstream_mismatch", action="store_true",
+                   help="go on (with a warning) when the upstream checkpoint is not the one the model was trained with")
+    args = p.parse_args(argv)
+    model, _ = load_speaker_model(args.model, allow_upstream_mismatch=args.allow_upstream_mismatch)
+    if not hasattr(model.backend, "layer_gates"):
         raise SystemExit(f"{args.model}: backend has no LAP gates to plot")
     gates = layer_gates(model, to_waveform(args.wav))
     plot_gates(gates, args.out, title=f"LAP gates: {args.wav}")

@@ -21,6 +21,7 @@ from wespeaker_lap.data.kaldi import DataError
 
 logger = logging.getLogger(__name__)
 
+SAMPLE_RATE = 16000  # Hz: the rate of every supported upstream; audio at any other rate is refused, not resampled
 C = TypeVar("C")
 R = TypeVar("R")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from wespeaker_lap.data.archives import MUSAN, RIRS_NOISES, ArchiveDir, Step, extract_archive, run_steps
+from wespeaker_lap.data.audio import SAMPLE_RATE
 from wespeaker_lap.data.kaldi import DataError
 from wespeaker_lap.utils.io import atomic_open
 from wespeaker_lap.utils.parallel import parallel_map
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 MUSAN_TYPES = ("music", "noise", "speech")
 RIR_TYPES = ("real", "smallroom", "mediumroom", "largeroom")
 REAL_RIR_LIST = "real_rirs_isotropic_noises/rir_list"
-SAMPLE_RATE = 16000
 
 
 class AugmentEntry(NamedTuple):

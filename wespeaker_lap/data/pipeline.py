@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wespeaker_lap.config import ConfigError, DataConfig
 from wespeaker_lap.data import processors
-from wespeaker_lap.data.audio import BadAudioHandler
+from wespeaker_lap.data.audio import SAMPLE_RATE, BadAudioHandler
 from wespeaker_lap.data.augment import Augmenter
 from wespeaker_lap.data.kaldi import load_data_dir
 
@@ -94,9 +94,9 @@ class TrainDataset(IterableDataset):
         if self.batches_per_epoch == 0:
             raise ValueError(f"{cfg.train_dir}: {len(self.corpus.utterances)} utterances do not fill "
                              f"one global batch of {global_batch_size}")
-        self.crop_samples = round(cfg.crop_seconds * cfg.sample_rate)
+        self.crop_samples = round(cfg.crop_seconds * SAMPLE_RATE)
         self.bad_audio = BadAudioHandler(cfg.on_bad_audio)
-        self.augmenter = Augmenter.from_config(cfg.augment, cfg.sample_rate, self.bad_audio)
+        self.augmenter = Augmenter.from_config(cfg.augment, SAMPLE_RATE, self.bad_audio)
         self.set_epoch(epoch, start_batch)
         logger.info("%s: %d utterances, %d speakers, %d classes; rank %d/%d: %d batches of %d per epoch; "
                     "augmentation: %s", cfg.train_dir, len(self.corpus.utterances), self.n_speakers,
@@ -132,9 +132,9 @@ class TrainDataset(IterableDataset):
         cfg = self.cfg
         samples = ({"rng": np.random.default_rng([self.seed, self.epoch, p]), "candidates": self._candidates(p)}
                    for p in self.positions(batch))
-        samples = processors.open_audio(samples, cfg.sample_rate, self.bad_audio)
+        samples = processors.open_audio(samples, SAMPLE_RATE, self.bad_audio)
         samples = processors.speed_perturb(samples, cfg.speed_perturb_prob, self.n_speakers)
-        samples = processors.random_crop(samples, self.crop_samples, cfg.sample_rate)
+        samples = processors.random_crop(samples, self.crop_samples, SAMPLE_RATE)
         samples = processors.add_reverb_or_noise(samples, self.augmenter, cfg.augment.prob)
         with _one_torch_thread():
             return processors.collate(samples)

@@ -1,21 +1,18 @@
 """``SpeakerModel``: waveform -> upstream hidden states ``[B, T, L, D]`` -> backend -> embedding.
 
-Model files hold ``{"model_config": ModelConfig as a dict, "state_dict": model_state_dict(), ...}``.
-A frozen upstream's weights are left out of them: they come from the upstream's own source (s3prl
-cache, ``*_local`` checkpoint or HF directory), which must therefore be reachable when the file is
-loaded. A fine-tuned upstream's weights are saved, but its source is still needed to build it.
+``model_state_dict()`` leaves a frozen upstream's weights out: they come from the upstream's own
+source (s3prl cache, ``*_local`` checkpoint or HF directory). Model files are written and read by
+``wespeaker_lap.models.model_file`` only.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Dict, Mapping
 
 import torch
 from torch import nn
 
-from wespeaker_lap.config import ConfigError, ModelConfig, from_dict, to_dict
+from wespeaker_lap.config import ModelConfig
 from wespeaker_lap.upstream import Upstream
-from wespeaker_lap.utils.io import PathLike, atomic_torch_save
 
 _PARTS = ("upstream", "backend")
 
@@ -72,40 +69,3 @@ def build_speaker_model(cfg: ModelConfig) -> SpeakerModel:
                         finetune=up.finetune)
     backend = build_backend(cfg.backend.name, upstream.n_layers, upstream.hidden_dim, **cfg.backend.options)
     return SpeakerModel(upstream, backend)
-
-
-def save_speaker_model(path: PathLike, model: SpeakerModel, model_cfg: ModelConfig, **extra: Any) -> None:
-    """Write ``{"model_config", "state_dict", **extra}`` to ``path`` atomically."""
-    reserved = {"model_config", "state_dict"} & set(extra)
-    if reserved:
-        raise ValueError(f"{path}: extra keys {sorted(reserved)} are reserved")
-    blob = {"model_config": to_dict(model_cfg), "state_dict": model.model_state_dict(), **extra}
-    atomic_torch_save(blob, path)
-
-
-def load_speaker_model(path: PathLike, device: str | torch.device = "cpu") -> Tuple[SpeakerModel, Dict[str, Any]]:
-    """Rebuild the model saved by ``save_speaker_model`` in eval mode on ``device``; return it and the file's dict.
-
-    The upstream is rebuilt from the saved config: a relative ``upstream.path`` or ``cache_dir`` is
-    taken as given, i.e. relative to the current working directory.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: speaker model file not found")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from err
-    missing = [key for key in ("model_config", "state_dict") if not isinstance(blob, dict) or key not in blob]
-    if missing:
-        raise ValueError(f"{path}: not a speaker model file (no {', '.join(missing)})")
-    try:
-        cfg = from_dict(ModelConfig, blob["model_config"])
-    except ConfigError as err:
-        raise ConfigError(f"{path}: model_config: {err}") from None
-    model = build_speaker_model(cfg)
-    try:
-        model.load_model_state_dict(blob["state_dict"])
-    except (KeyError, RuntimeError) as err:
-        raise ValueError(f"{path}: weights do not fit the saved model config: {err}") from err
-    return model.to(device).eval(), blob

@@ -12,11 +12,13 @@ utterance with one matmul + top-k per chunk of utterances.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
+from wespeaker_lap.scoring.cosine import center_and_normalize
 from wespeaker_lap.scoring.embeddings import Embeddings, lookup_keys
 
 
@@ -31,6 +33,32 @@ def speaker_means(embeddings: Embeddings, utt2spk: Mapping[str, str], utt2spk_pa
     )  # [S, D], accumulated in float64
     means = (sums / counts[:, None]).astype(np.float32)
     return Embeddings(speakers.tolist(), means, f"speaker means of {embeddings.source}")
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """An AS-Norm cohort: centred, L2-normalised ``embeddings [C, D]``, the speaker of each row, and ``top_k``."""
+
+    embeddings: np.ndarray  # [C, D]
+    speakers: Optional[List[str]]  # [C]; None: unknown (no speaker can be left out)
+    top_k: int
+    source: str = "cohort"
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.top_k <= len(self.embeddings):
+            raise ValueError(f"cohort.top_k={self.top_k} must be between 2 and the size of the cohort "
+                             f"({len(self.embeddings)} rows of {self.source})")
+
+    @classmethod
+    def from_embeddings(cls, raw: Embeddings, mean: np.ndarray, top_k: int,
+                        speakers: Optional[List[str]] = None) -> "Cohort":
+        """Centre and normalise ``raw`` (one row per cohort entry); ``speakers`` default to its keys."""
+        return cls(center_and_normalize(raw.matrix, mean), speakers if speakers is not None else raw.keys, top_k,
+                   raw.source)
+
+    def statistics(self, queries: np.ndarray, **kwargs) -> Tuple[np.ndarray, np.ndarray]:
+        """``cohort_statistics(queries, self.embeddings, self.top_k, **kwargs)``."""
+        return cohort_statistics(queries, self.embeddings, self.top_k, **kwargs)
 
 
 def cohort_statistics(

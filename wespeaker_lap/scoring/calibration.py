@@ -20,8 +20,9 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from wespeaker_lap.data.kaldi import DataError
-from wespeaker_lap.scoring.asnorm import as_norm, cohort_statistics
+from wespeaker_lap.config import CalibrationConfig
+from wespeaker_lap.data.kaldi import DataError, read_map
+from wespeaker_lap.scoring.asnorm import Cohort, as_norm
 from wespeaker_lap.scoring.cosine import center_and_normalize, paired_cosine
 from wespeaker_lap.scoring.embeddings import Embeddings, lookup_keys
 from wespeaker_lap.utils.io import atomic_write_text
@@ -184,36 +185,41 @@ class QualityCalibrator:
             raise DataError(f"{path}: not a calibration file: {err!r}") from None
 
 
-def train_calibrator(
-    train: Embeddings,
-    utt2spk: Mapping[str, str],
-    utt2spk_path: str,
-    utt2dur: Mapping[str, float],
-    utt2dur_path: str,
-    mean: np.ndarray,
-    cohort: np.ndarray,
-    cohort_speakers: Sequence[str],
-    top_k: int,
-    n_trials: int = 30000,
-    seed: int = 7,
-    standardize: bool = False,
-) -> Tuple[QualityCalibrator, Dict[str, Any]]:
-    """Fit a ``QualityCalibrator`` on ``n_trials`` trials sampled from the training embeddings.
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Training utterances to sample calibration trials from: raw embeddings, each row's speaker and log duration."""
 
-    ``cohort [C, D]`` is centred and L2-normalised; ``cohort_speakers [C]`` names the speaker
-    of each cohort row, so that a sampled trial's speakers can be left out of its cohort.
-    Returns the calibrator and a summary (trial counts, EER of the training trials).
+    embeddings: Embeddings  # [N, D] raw
+    speakers: Sequence[str]  # [N]
+    log_duration: np.ndarray  # [N], natural log of seconds
+
+    @classmethod
+    def read(cls, embeddings: Embeddings, utt2spk: str | Path, utt2dur: str | Path) -> "CalibrationSet":
+        """Look every row up in the Kaldi ``utt2spk`` and ``utt2dur`` files; a missing entry names the file."""
+        speakers = lookup_keys(read_map(utt2spk), embeddings.keys, str(utt2spk), "speaker")
+        return cls(embeddings, speakers, log_durations(read_map(utt2dur, float), embeddings.keys, str(utt2dur)))
+
+
+def train_calibrator(
+    data: CalibrationSet, mean: np.ndarray, cohort: Cohort, settings: CalibrationConfig
+) -> Tuple[QualityCalibrator, Dict[str, Any]]:
+    """Fit a ``QualityCalibrator`` on ``settings.trials`` trials sampled from ``data``.
+
+    Each sampled trial's AS-Norm score leaves the trial's speakers out of ``cohort`` (matched by
+    ``cohort.speakers``). Returns the calibrator and a summary (trial counts, EER of the training trials).
     """
     from wespeaker_lap.scoring.metrics import compute_eer
 
-    speaker_names = lookup_keys(utt2spk, train.keys, utt2spk_path, "speaker")
-    vocabulary, speaker_of_row = np.unique(speaker_names, return_inverse=True)
+    train = data.embeddings
+    vocabulary, speaker_of_row = np.unique(np.asarray(data.speakers), return_inverse=True)
     speaker_id = {name: i for i, name in enumerate(vocabulary.tolist())}
-    cohort_ids = np.array([speaker_id.get(name, -2) for name in cohort_speakers])  # -2: not a training speaker
+    if cohort.speakers is None:
+        raise ValueError(f"{cohort.source}: calibration needs the speaker of each cohort row")
+    cohort_ids = np.array([speaker_id.get(name, -2) for name in cohort.speakers])  # -2: not a training speaker
     if not np.any(cohort_ids >= 0):
         logger.warning("no cohort speaker is a calibration speaker: nothing is left out of the cohort")
 
-    enroll_rows, test_rows, labels = sample_calibration_trials(speaker_of_row, n_trials, seed)
+    enroll_rows, test_rows, labels = sample_calibration_trials(speaker_of_row, settings.trials, settings.seed)
     used = np.unique(np.concatenate((enroll_rows, test_rows)))  # only these rows are needed
     position = np.full(len(train.keys), -1)
     position[used] = np.arange(used.size)
@@ -225,21 +231,19 @@ def train_calibrator(
     # Both sides of a trial leave out the trial's speaker(s): [T, 2] ids.
     excluded = np.stack((speaker_of_row[enroll_rows], speaker_of_row[test_rows]), axis=1)
     queries = np.concatenate((normalized[enroll], normalized[test]))  # [2T, D]
-    mu, sigma = cohort_statistics(
-        queries, cohort, top_k, cohort_ids, np.concatenate((excluded, excluded)), progress=True
-    )
+    mu, sigma = cohort.statistics(queries, cohort_speakers=cohort_ids,
+                                  excluded_speakers=np.concatenate((excluded, excluded)), progress=True)
     n = len(enroll)
     normed = as_norm(scores, mu[:n], sigma[:n], mu[n:], sigma[n:])
 
-    log_dur = log_durations(utt2dur, [train.keys[i] for i in used], utt2dur_path)
-    features = quality_features(normed, enroll, test, log_dur, quality_measures(raw))
-    calibrator = QualityCalibrator.fit(features, labels, standardize=standardize, seed=seed)
+    features = quality_features(normed, enroll, test, data.log_duration[used], quality_measures(raw))
+    calibrator = QualityCalibrator.fit(features, labels, standardize=settings.standardize, seed=settings.seed)
     summary = {
         "n_trials": int(n),
         "n_target": int(labels.sum()),
-        "seed": seed,
-        "top_k": top_k,
-        "standardize": standardize,
+        "seed": settings.seed,
+        "top_k": cohort.top_k,
+        "standardize": settings.standardize,
         "solver": "liblinear",
         "C": 1.0,
         "train_eer_asnorm": compute_eer(normed, labels),

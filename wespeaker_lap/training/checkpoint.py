@@ -176,20 +176,31 @@ def average_epoch_checkpoints(ckpt_dir: Path, num: int) -> Tuple[Dict[str, Any],
 def write_final_model(ckpt_dir: Path, num: int, output: Path, model: Optional[torch.nn.Module] = None) -> Path:
     """Average the last ``num`` epochs into a model file for extraction and for the next phase's ``init_from``.
 
-    The file (``save_speaker_model``) carries the averaged loss head as ``loss_head``, ``n_classes``,
-    ``speakers``, the averaged files and the training config. ``model`` (a ``SpeakerModel`` of the
+    The file (``models.model_file``) carries the training extras: the averaged loss head, ``n_classes``,
+    ``speakers``, the training config and the averaged file names. ``model`` (a ``SpeakerModel`` of the
     run's config) is reused if given, else built from the checkpoint's config.
     """
     from wespeaker_lap.config import ExperimentConfig, from_dict
-    from wespeaker_lap.models.speaker_model import build_speaker_model, save_speaker_model
+    from wespeaker_lap.models.model_file import TrainingExtras, save_speaker_model
+    from wespeaker_lap.models.speaker_model import build_speaker_model
 
     averaged, paths = average_epoch_checkpoints(ckpt_dir, num)
     cfg = from_dict(ExperimentConfig, averaged["config"])
     model = model if model is not None else build_speaker_model(cfg.model)
     model.load_model_state_dict(averaged["model"])
-    save_speaker_model(
-        output, model, cfg.model, loss_head=averaged["head"], n_classes=averaged["n_classes"],
-        speakers=averaged["speakers"], averaged_checkpoints=[p.name for p in paths], train_config=averaged["config"],
-    )
+    extras = TrainingExtras(loss_head=averaged["head"], n_classes=averaged["n_classes"],
+                            speakers=averaged["speakers"], train_config=averaged["config"],
+                            averaged_checkpoints=[p.name for p in paths])
+    save_speaker_model(output, model, cfg.model, training=extras)
     logger.info("averaged %s into %s", ", ".join(p.name for p in paths), output)
     return output
+
+
+def average_run(exp_dir: Path, num: Optional[int], output: Path) -> Path:
+    """Average the last ``num`` epochs of the training run in ``exp_dir`` (None: its ``train.num_average``)."""
+    from wespeaker_lap.config import load_config
+
+    exp_dir = Path(exp_dir)
+    if num is None:
+        num = load_config(str(exp_dir / "config.yaml")).train.num_average
+    return write_final_model(exp_dir / CHECKPOINT_SUBDIR, num, Path(output))

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import yaml
@@ -39,6 +39,9 @@ from wespeaker_lap.training.progress import MetricsLog, plot_training_curve, pro
 from wespeaker_lap.training.schedule import build_lr_scheduler
 from wespeaker_lap.training.step import NonFiniteGuard, StepResult, resolve_amp, train_step
 from wespeaker_lap.utils.logging import setup_logging
+
+if TYPE_CHECKING:
+    from wespeaker_lap.models.model_file import ModelFile
 
 logger = logging.getLogger(__name__)
 
@@ -196,9 +199,10 @@ class Trainer:
         seed_everything(cfg.train.seed)  # the same initial weights on every process
         self.model = build_speaker_model(cfg.model)
         init = self._read_init_from(cfg.train.init_from) if resume is None and cfg.train.init_from else None
-        source = resume or init or {"n_classes": self.dataset.n_classes}
+        n_classes = (resume["n_classes"] if resume is not None else
+                     init.training.n_classes if init is not None else self.dataset.n_classes)
         loss = cfg.loss
-        self.head = AAMSoftmax(self.model.embed_dim, source["n_classes"], loss.scale, loss.margin,
+        self.head = AAMSoftmax(self.model.embed_dim, n_classes, loss.scale, loss.margin,
                                loss.sub_centers, loss.top_k, loss.penalty)
         if resume is not None:
             self.model.load_model_state_dict(resume["model"])
@@ -209,24 +213,25 @@ class Trainer:
             raise ValueError(f"the loss head has {self.head.n_classes} classes but {cfg.data.train_dir} yields "
                              f"{self.dataset.n_classes} (speed perturbation triples them)")
 
-    def _read_init_from(self, path: str) -> Dict[str, Any]:
-        """The previous phase's final model file, checked against this phase's speakers."""
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"train.init_from: {path} not found")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        missing = [key for key in ("state_dict", "loss_head", "n_classes", "speakers") if key not in blob]
-        if missing:
-            raise ValueError(f"train.init_from: {path} has no {', '.join(missing)}; it must be a final_model.pt "
+    def _read_init_from(self, path: str) -> "ModelFile":
+        """The previous phase's model file, checked against this phase's upstream and speakers."""
+        from wespeaker_lap.models.model_file import check_upstream, read_model_file
+
+        init = read_model_file(path)
+        if init.training is None:
+            raise ValueError(f"train.init_from: {path} has no loss head; it must be a final_model.pt "
                              "written by wespeaker_lap.bin.train or bin.average_model")
-        if list(blob["speakers"]) != self.speakers:
+        check_upstream(init, self.cfg.model.upstream, hint="Every phase must use the upstream checkpoint "
+                       "the previous phase was trained with: fix model.upstream (or train.init_from)")
+        if list(init.training.speakers) != self.speakers:
             raise ValueError(f"train.init_from: the speakers of {path} differ from those of {self.cfg.data.train_dir}, "
                              "so the classifier rows would not match the labels")
-        return blob
+        return init
 
-    def _apply_init_from(self, blob: Dict[str, Any]) -> None:
+    def _apply_init_from(self, init: "ModelFile") -> None:
         """Load the previous phase's model and head; drop head rows the data cannot produce (§8.6)."""
-        self.model.load_model_state_dict(blob["state_dict"])
-        self.head.load_state_dict(blob["loss_head"])
+        self.model.load_model_state_dict(init.state_dict)
+        self.head.load_state_dict(init.training.loss_head)
         if self.cfg.train.slice_classes and self.head.n_classes > self.dataset.n_classes:
             logger.info("slicing the loss head from %d to %d classes (no speed-perturbed classes in this phase)",
                         self.head.n_classes, self.dataset.n_classes)

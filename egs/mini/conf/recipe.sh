@@ -12,11 +12,8 @@ n_test_speakers=10
 n_utts=20                             # utterances per speaker
 augment=light                         # corpus-level noise/reverb/channel: none|light|medium
 seed=0
-num_average=2
-extract_batch_seconds=0               # one utterance per forward: bit-exact with wespeaker_lap.load_model
-top_k=20                              # AS-Norm top-k (cohort: 30 training speakers)
-calib_trials=2000
 train_overrides=""
+# Stages 4-6 (averaging, extraction, scoring, report) are set in conf/eval.yaml.
 
 # Config overrides that place the upstream: the tiny checkpoint of the chosen family (stage 2 writes them).
 upstream_overrides() {
@@ -30,7 +27,7 @@ upstream_overrides() {
   echo "model.upstream.path=$PWD/tiny_upstream/${name%_local}.pt"
 }
 
-# Stage 1: the TTS corpus (needs the packages of local/install_tts.sh).
+# Stage 1: the TTS corpus (needs the packages of local/install_tts.sh), by its entry script.
 prepare_data() {
   python local/make_tts_corpus.py --out data --n_speakers "$n_speakers" --n_test_speakers "$n_test_speakers" \
     --n_utts "$n_utts" --augment "$augment" --seed "$seed" --nj "$cpu_procs"

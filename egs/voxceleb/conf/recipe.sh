@@ -7,14 +7,11 @@ phases="phase1_frozen phase2_joint_ft phase3_lmft"   # conf/<phase>.yaml, run in
 gpus="0,1,2,3,4,5,6,7"               # CUDA devices; torchrun starts one process per device
 cpu_procs=1                           # processes when gpus is empty (CPU, gloo)
 archive_dir=/path/to/voxceleb_archives  # the official archives you downloaded (see README)
+prepare_opts=""                       # more options of bin.prepare_voxceleb: --raw_dir DIR, --skip_md5, ...
 cache_dir=$PWD/s3prl_cache            # pre-staged upstream weights (stage 2 fills it)
-num_average=2                         # last epochs of the last phase averaged into final_model.pt
-nj=8                                  # parallel jobs for extraction, ffmpeg and list making
-extract_batch_seconds=0               # 0: one utterance per forward (exact); >0 batches by length, faster, but
-                                      # padding shifts the upstream's normalisation (WavLM Base group norm)
-top_k=300                             # AS-Norm top-k (the paper uses 600)
-calib_trials=30000                    # calibration trials sampled from the training set
+nj=8                                  # parallel jobs for ffmpeg and list making
 train_overrides=""                    # extra key=value config overrides for every phase
+# Stages 4-6 (averaging, extraction, scoring, report) are set in conf/eval.yaml.
 
 # Config overrides that place the upstream: a different s3prl name (or the system's), cached weights.
 upstream_overrides() {
@@ -22,9 +19,10 @@ upstream_overrides() {
   echo "model.upstream.cache_dir=$cache_dir"
 }
 
-# Stage 1: official archives -> Kaldi dirs and cleaned trials.
+# Stage 1: official archives -> Kaldi dirs and cleaned trials, by the entry script itself.
 prepare_data() {
-  local/prepare_data.sh --archive_dir "$archive_dir" --nj "$nj" data
+  # shellcheck disable=SC2086  # prepare_opts holds several words on purpose
+  python -m wespeaker_lap.bin.prepare_voxceleb --archive_dir "$archive_dir" --data_dir data --nj "$nj" $prepare_opts
 }
 
 # Stage 2: the upstream's weights, downloaded once into $cache_dir, and the MUSAN/RIR lists.

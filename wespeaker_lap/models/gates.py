@@ -1,4 +1,4 @@
-"""LAP gate heat map (layers x frames) for one utterance, like the paper's figure."""
+"""LAP gate heat map (layers x frames) of one utterance, like the paper's figure."""
 from __future__ import annotations
 
 from pathlib import Path
