@@ -2,6 +2,9 @@
 
     wespeaker-lap embed --exp_dir exp/mini a.wav b.wav [--out emb.npy]
     wespeaker-lap similarity --exp_dir exp/mini a.wav b.wav
+
+An error prints one line and exits with status 1; --debug (or WESPEAKER_LAP_DEBUG=1) shows the
+traceback instead.
 """
 from __future__ import annotations
 
@@ -13,6 +16,13 @@ import numpy as np
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The ``wespeaker-lap`` command; returns the exit status (errors: one line on stderr, status 1)."""
+    from wespeaker_lap.utils.errors import run_main
+
+    return run_main(_main, argv, prog="wespeaker-lap")
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="wespeaker-lap", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -24,12 +34,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     for sp in (embed, sim):
         sp.add_argument("--exp_dir", required=True, help="experiment directory with final_model.pt")
         sp.add_argument("--device", default="cpu")
+        sp.add_argument("--trust_checkpoint", action="store_true",
+                        help="load an upstream checkpoint that holds pickled objects (it could run code)")
     args = p.parse_args(argv)
 
     from wespeaker_lap.inference import load_model
     from wespeaker_lap.utils.io import atomic_open
 
-    model = load_model(args.exp_dir, device=args.device)
+    model = load_model(args.exp_dir, device=args.device, trust_checkpoint=args.trust_checkpoint)
     if args.command == "similarity":
         print(f"{model.score(*args.wavs):.6f}")
         return 0

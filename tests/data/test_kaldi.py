@@ -5,6 +5,7 @@ from wespeaker_lap.data.kaldi import (
     DataError,
     load_data_dir,
     read_map,
+    read_scp,
     read_trials,
     utt2spk_to_spk2utt,
     write_map,
@@ -14,9 +15,11 @@ from wespeaker_lap.data.kaldi import (
 
 def test_map_round_trip_sorted(tmp_path):
     path = tmp_path / "wav.scp"
-    write_map(path, {"b": "/x/b.wav", "a": "sox a.wav -t wav - |"})
-    assert path.read_text().splitlines()[0] == "a sox a.wav -t wav - |"
-    assert read_map(path) == {"a": "sox a.wav -t wav - |", "b": "/x/b.wav"}
+    write_map(path, {"b": "/x/b.wav", "a": "/data/my corpus/a.wav"})
+    assert path.read_text().splitlines()[0] == "a /data/my corpus/a.wav"
+    assert read_scp(path) == {"a": "/data/my corpus/a.wav", "b": "/x/b.wav"}  # the rest of the line
+    write_map(tmp_path / "utt2spk", {"b": "s1", "a": "s2"})
+    assert read_map(tmp_path / "utt2spk") == {"a": "s2", "b": "s1"}
 
 
 @pytest.mark.parametrize(

@@ -33,4 +33,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from wespeaker_lap.utils.errors import run_script
+
+    run_script(main)

@@ -52,4 +52,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from wespeaker_lap.utils.errors import run_script
+
+    run_script(main)

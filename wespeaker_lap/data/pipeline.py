@@ -134,7 +134,7 @@ class TrainDataset(IterableDataset):
                    for p in self.positions(batch))
         samples = processors.open_audio(samples, cfg.sample_rate, self.bad_audio)
         samples = processors.speed_perturb(samples, cfg.speed_perturb_prob, self.n_speakers)
-        samples = processors.random_crop(samples, self.crop_samples, cfg.sample_rate)
+        samples = processors.random_crop(samples, self.crop_samples, cfg.sample_rate, self.bad_audio)
         samples = processors.add_reverb_or_noise(samples, self.augmenter, cfg.augment.prob)
         with _one_torch_thread():
             return processors.collate(samples)

@@ -7,6 +7,7 @@ loaded. A fine-tuned upstream's weights are saved, but its source is still neede
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
@@ -68,7 +69,8 @@ def build_speaker_model(cfg: ModelConfig) -> SpeakerModel:
     from wespeaker_lap.models.backends import build_backend
 
     up = cfg.upstream
-    upstream = Upstream(up.name, path=up.path, frozen=up.frozen, cache_dir=up.cache_dir)
+    upstream = Upstream(up.name, path=up.path, frozen=up.frozen, cache_dir=up.cache_dir,
+                        trust_checkpoint=up.trust_checkpoint)
     backend = build_backend(cfg.backend.name, upstream.n_layers, upstream.hidden_dim, **cfg.backend.options)
     return SpeakerModel(upstream, backend)
 
@@ -82,11 +84,13 @@ def save_speaker_model(path: PathLike, model: SpeakerModel, model_cfg: ModelConf
     atomic_torch_save(blob, path)
 
 
-def load_speaker_model(path: PathLike, device: str | torch.device = "cpu") -> Tuple[SpeakerModel, Dict[str, Any]]:
+def load_speaker_model(path: PathLike, device: str | torch.device = "cpu",
+                       trust_checkpoint: bool = False) -> Tuple[SpeakerModel, Dict[str, Any]]:
     """Rebuild the model saved by ``save_speaker_model`` in eval mode on ``device``; return it and the file's dict.
 
     The upstream is rebuilt from the saved config: a relative ``upstream.path`` or ``cache_dir`` is
-    taken as given, i.e. relative to the current working directory.
+    taken as given, i.e. relative to the current working directory. Its checkpoint is trusted only
+    if ``trust_checkpoint`` says so: the flag saved in the file is ignored (a shared file could set it).
     """
     path = Path(path)
     if not path.is_file():
@@ -102,6 +106,7 @@ def load_speaker_model(path: PathLike, device: str | torch.device = "cpu") -> Tu
         cfg = from_dict(ModelConfig, blob["model_config"])
     except ConfigError as err:
         raise ConfigError(f"{path}: model_config: {err}") from None
+    cfg = dataclasses.replace(cfg, upstream=dataclasses.replace(cfg.upstream, trust_checkpoint=trust_checkpoint))
     model = build_speaker_model(cfg)
     try:
         model.load_model_state_dict(blob["state_dict"])
