@@ -38,14 +38,15 @@ def _main(argv: Optional[List[str]] = None) -> int:
                         help="load an upstream checkpoint that holds pickled objects (it could run code)")
     args = p.parse_args(argv)
 
-    from wespeaker_lap.inference import load_model
+    from wespeaker_lap.inference import load_model, to_waveform
     from wespeaker_lap.utils.io import atomic_open
 
+    wavs = [to_waveform(path) for path in args.wavs]  # bad audio fails before the model loads
     model = load_model(args.exp_dir, device=args.device, trust_checkpoint=args.trust_checkpoint)
     if args.command == "similarity":
-        print(f"{model.score(*args.wavs):.6f}")
+        print(f"{model.score(*wavs):.6f}")
         return 0
-    embs = np.stack([model.embed(w) for w in args.wavs])
+    embs = np.stack([model.embed(w) for w in wavs])
     if args.out:
         with atomic_open(args.out, "wb") as f:
             np.save(f, embs)

@@ -4,8 +4,8 @@ A ``wav.scp`` value is either a sound file path or ``<file>.ark:<byte offset>``;
 commands (``cmd |``) are refused, never run. ``Audio`` checks an entry up front (exists,
 readable, not empty, the expected sample rate, one channel unless asked otherwise, a WAV
 file as long as its header says, last sample readable) and then reads any sample range on
-demand, so a training crop reads only its window. Every range read is checked for NaN/Inf
-samples (an ark entry, loaded whole, is checked whole). Every problem is a ``DataError``
+demand, so a training crop reads only its window. Every range read from a sound file is
+checked for NaN/Inf samples (ark entries are PCM). Every problem is a ``DataError``
 naming the key and the path; ``BadAudioHandler`` turns it into a counted warning in ``skip``
 mode.
 
@@ -174,7 +174,7 @@ class Audio:
             samples = samples[:, None]  # [S] -> [S, 1]
         if np.issubdtype(samples.dtype, np.integer):
             samples = samples / float(-np.iinfo(samples.dtype).min)  # PCM -> [-1, 1), as soundfile does
-        return rate, check_samples(self.key, self.spec, samples.astype(np.float32))
+        return rate, samples.astype(np.float32)  # kaldiio's wav entries are PCM: always finite
 
     def read(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """Samples ``[start, stop)`` (``stop`` defaults to the end)."""

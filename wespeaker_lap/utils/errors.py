@@ -56,6 +56,9 @@ def _is_ours(err: BaseException) -> bool:
     return type(err).__module__.startswith("wespeaker_lap") or isinstance(err, OSError)
 
 
+# Exception types that usually mean a bug rather than bad input: their line points to --debug.
+_BUG_TYPES = (AssertionError, AttributeError, IndexError, KeyError, NameError, TypeError, ZeroDivisionError)
+
 _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 
@@ -90,7 +93,7 @@ def describe(err: BaseException) -> str:
         message = _unwrap_worker_message(str(err)).strip() or type(err).__name__
         if not _is_ours(err):
             message = f"{type(err).__name__}: {message}"
-            if not isinstance(err, ValueError):
+            if isinstance(err, _BUG_TYPES):
                 message += f" (an unexpected error; rerun with {DEBUG_FLAG} or {DEBUG_ENV}=1 for the traceback)"
     first, *rest = message.splitlines() or [""]
     return "\n".join([first, *("  " + line.strip() for line in rest if line.strip())])
@@ -103,6 +106,13 @@ def _log_to_files(prog: str, err: BaseException) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+def _close_progress_bars() -> None:
+    """Close tqdm bars the exception left open, so that the error line starts on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def run_main(main: Callable[..., Any], argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
@@ -135,6 +145,7 @@ def run_main(main: Callable[..., Any], argv: Optional[Sequence[str]] = None, pro
         if debug:
             raise
         _log_to_files(prog, err)
+        _close_progress_bars()
         print(f"{prog}: error: {describe(err)}", file=sys.stderr)
         return 1
     return status if isinstance(status, int) else 0
