@@ -82,7 +82,8 @@ def test_an_error_from_a_dataloader_worker_keeps_its_message():
     with pytest.raises(DataError) as caught:
         next(iter(DataLoader(_BadItems(), batch_size=None, num_workers=1)))
     assert "Traceback" in str(caught.value)  # what torch re-raises ...
-    assert describe(caught.value) == "bad audio 'u1' (/x/u1.wav): non-finite sample (nan) at sample 7"  # ... and we show
+    # ... and what people see
+    assert describe(caught.value) == "bad audio 'u1' (/x/u1.wav): non-finite sample (nan) at sample 7"
 
 
 def test_a_full_disk_is_named_even_when_chained():
@@ -94,7 +95,7 @@ def test_a_full_disk_is_named_even_when_chained():
     except RuntimeError as err:
         chained = err
     assert describe(chained).startswith("no space left on device (RuntimeError: [enforce fail")
-    assert describe(DiskFullError("exp/final_model.pt")) == "exp/final_model.pt: no space left on device while writing it"
+    assert describe(DiskFullError("exp/final.pt")) == "exp/final.pt: no space left on device while writing it"
     assert describe(OSError(errno.ENOSPC, "No space left on device", "out.ark")) == \
         "no space left on device while writing out.ark"
 
