@@ -168,10 +168,11 @@ def test_cli_round_trip(exp_dir, data_dir, tmp_path, capsys):
     assert as_norm != pytest.approx(api.score(*wavs))
 
 
-def test_cli_names_missing_model(tmp_path):
+def test_cli_names_missing_model(tmp_path, data_dir):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    wavs = [str(data_dir / "utt0.wav"), str(data_dir / "utt1.wav")]  # readable: the wavs are checked first
     run = subprocess.run([sys.executable, "-m", "wespeaker_lap", "similarity", "--exp_dir", str(tmp_path),
-                          "a.wav", "b.wav"], env=env, capture_output=True, text=True)
+                          *wavs], env=env, capture_output=True, text=True)
     assert run.returncode != 0 and "final_model.pt: no final model" in run.stderr
 
 

@@ -4,6 +4,9 @@
     wespeaker-lap similarity --exp_dir exp/mini a.wav b.wav
     wespeaker-lap similarity --exp_dir exp/mini a.wav b.wav \\
         --cohort exp/mini/embeddings/train/spk_xvector.scp --top_k 20   # AS-Norm, as the recipe scores
+
+An error prints one line and exits with status 1; --debug (or WESPEAKER_LAP_DEBUG=1) shows the
+traceback instead.
 """
 from __future__ import annotations
 
@@ -15,6 +18,13 @@ import numpy as np
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The ``wespeaker-lap`` command; returns the exit status (errors: one line on stderr, status 1)."""
+    from wespeaker_lap.utils.errors import run_main
+
+    return run_main(_main, argv, prog="wespeaker-lap")
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="wespeaker-lap", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -30,18 +40,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--allow_upstream_mismatch", action="store_true",
                         help="go on (with a warning) when the upstream checkpoint is not the one trained with")
+        sp.add_argument("--trust_checkpoint", action="store_true",
+                        help="load an upstream checkpoint that holds pickled objects (it could run code)")
     args = p.parse_args(argv)
 
-    from wespeaker_lap.inference import load_model
+    from wespeaker_lap.inference import load_model, to_waveform
     from wespeaker_lap.utils.io import atomic_open
 
+    wavs = [to_waveform(path) for path in args.wavs]  # bad audio fails before the model loads
     cohort = dict(cohort=args.cohort, top_k=args.top_k) if args.command == "similarity" else {}
     model = load_model(args.exp_dir, device=args.device, allow_upstream_mismatch=args.allow_upstream_mismatch,
-                       **cohort)
+                       trust_checkpoint=args.trust_checkpoint, **cohort)
     if args.command == "similarity":
-        print(f"{model.score(*args.wavs):.6f}")
+        print(f"{model.score(*wavs):.6f}")
         return 0
-    embs = np.stack([model.embed(w) for w in args.wavs])
+    embs = np.stack([model.embed(w) for w in wavs])
     if args.out:
         with atomic_open(args.out, "wb") as f:
             np.save(f, embs)

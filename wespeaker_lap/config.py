@@ -1,14 +1,16 @@
 """Typed, validated experiment configs.
 
 A YAML file is turned into frozen dataclasses; an unknown key, a missing
-required key or a value of the wrong type is an error that names the file and
-the dotted key. Command-line overrides look like ``optim.lr=1e-4`` and are
+required key, a value of the wrong type or out of range (checked by each
+dataclass's ``__post_init__``) is an error that names the file and the dotted
+key. Command-line overrides look like ``optim.lr=1e-4`` and are
 parsed as YAML scalars. Configs are never mutated: derived values are computed
 where they are needed, and ``dataclasses.replace`` makes modified copies.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +33,26 @@ class ConfigError(ValueError):
 RETIRED_KEYS: Dict[str, Tuple[Any, str]] = {
     "data.sample_rate": (16000, "audio is always 16 kHz, the rate of every supported upstream; resample the data"),
 }
+def _require(section: str, config: Any, rules: Sequence[tuple]) -> None:
+    """Raise ``ConfigError("<section>.<field>: <reason>, got <value>")`` for the first rule that fails.
+
+    Each rule is ``(field, ok, reason)``; a numeric field must also be finite.
+    """
+    for name, ok, reason in rules:
+        value = getattr(config, name)
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        finite = all(math.isfinite(v) for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool))
+        if not (finite and ok):
+            raise ConfigError(f"{section}.{name}: {reason if finite else 'must be finite'}, got {value!r}")
+
+
+def _is_range(value: Sequence[float], low: float = -math.inf) -> bool:
+    """``[min, max]`` with ``low <= min <= max``."""
+    return len(value) == 2 and low <= value[0] <= value[1]
+
+
+def _optional_path(value: Optional[str]) -> bool:
+    return value is None or value.strip() != ""
 
 
 # ----------------------------------------------------------------------------- schema
@@ -79,6 +101,18 @@ class UpstreamConfig:
     # the checkpoint's own config says so (s3prl's behaviour)
     waveform: Literal["raw", "checkpoint"] = "raw"
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Hand the checkpoint to s3prl even if torch.load(weights_only=True) refuses it (it holds pickled
+    # objects that could run code). Never taken from a model file: see wespeaker_lap.upstream.trust.
+    trust_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        _require("model.upstream", self, (
+            ("name", self.name.strip() != "" and self.name.strip() != "hf:", "must name an s3prl upstream or hf:<id>"),
+            ("path", _optional_path(self.path), "must be a non-empty path or null"),
+            ("path", not (self.name.startswith("hf:") and self.path is not None),
+             "hf: names take no path; give the directory in the name (hf:/path/to/dir)"),
+            ("cache_dir", _optional_path(self.cache_dir), "must be a non-empty path or null"),
+        ))
 
 
 @dataclass(frozen=True)
@@ -92,6 +126,9 @@ class BackendConfig:
 
     name: str = "lap_astp"
     options: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # names and options are checked by build_backend
+        _require("model.backend", self, (("name", self.name.strip() != "", "must name a backend"),))
 
 
 @dataclass(frozen=True)
@@ -109,6 +146,13 @@ class MarginScheduleConfig:
     start_epoch: float = 0.0
     ramp_epochs: float = 0.0
 
+    def __post_init__(self) -> None:
+        _require("loss.schedule", self, (
+            ("initial", 0 <= self.initial < math.pi / 2, "must be in [0, pi/2) (radians)"),
+            ("start_epoch", self.start_epoch >= 0, "must be >= 0"),
+            ("ramp_epochs", self.ramp_epochs >= 0, "must be >= 0"),
+        ))
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -120,6 +164,15 @@ class LossConfig:
     top_k: int = 5
     penalty: float = 0.06
     schedule: MarginScheduleConfig = field(default_factory=MarginScheduleConfig)
+
+    def __post_init__(self) -> None:
+        _require("loss", self, (
+            ("scale", self.scale > 0, "must be > 0"),
+            ("margin", 0 <= self.margin < math.pi / 2, "must be in [0, pi/2) (radians)"),
+            ("sub_centers", self.sub_centers >= 1, "must be >= 1"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("penalty", self.penalty >= 0, "must be >= 0"),
+        ))
 
 
 @dataclass(frozen=True)
@@ -133,6 +186,17 @@ class AugmentConfig:
     music_snr: List[float] = field(default_factory=lambda: [5.0, 15.0])
     babble_snr: List[float] = field(default_factory=lambda: [13.0, 20.0])
     babble_speakers: List[int] = field(default_factory=lambda: [4, 7])
+
+    def __post_init__(self) -> None:
+        _require("data.augment", self, (
+            ("prob", 0 <= self.prob <= 1, "must be in [0, 1]"),
+            ("musan_list", _optional_path(self.musan_list), "must be a non-empty path or null"),
+            ("rir_list", _optional_path(self.rir_list), "must be a non-empty path or null"),
+            ("noise_snr", _is_range(self.noise_snr), "expected [min, max] dB with min <= max"),
+            ("music_snr", _is_range(self.music_snr), "expected [min, max] dB with min <= max"),
+            ("babble_snr", _is_range(self.babble_snr), "expected [min, max] dB with min <= max"),
+            ("babble_speakers", _is_range(self.babble_speakers, low=1), "expected [min, max] with 1 <= min <= max"),
+        ))
 
 
 @dataclass(frozen=True)
@@ -149,6 +213,14 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 4
     on_bad_audio: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        _require("data", self, (
+            ("train_dir", self.train_dir.strip() != "", "must be a data directory"),
+            ("crop_seconds", self.crop_seconds > 0, "must be > 0"),
+            ("speed_perturb_prob", 0 <= self.speed_perturb_prob <= 1, "must be in [0, 1]"),
+            ("num_workers", self.num_workers >= 0, "must be >= 0"),
+        ))
 
 
 @dataclass(frozen=True)
@@ -169,6 +241,9 @@ class OptimConfig:
     grad_clip: Optional[float] = None  # max global grad norm; None: no clipping (the norm is still logged)
 
     def __post_init__(self) -> None:
+        _require("optim", self, (
+            ("lr", True, ""), ("min_lr", True, ""), ("weight_decay", True, ""), ("grad_clip", True, ""),
+        ))  # finite
         for key, ok, reason in (
             ("optim.accum_steps", self.accum_steps >= 1, "must be >= 1"),
             ("optim.batch_size", self.batch_size >= 1 and self.batch_size % max(self.accum_steps, 1) == 0,
@@ -201,8 +276,10 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
+        _require("train", self, (("init_from", _optional_path(self.init_from), "must be a non-empty path or null"),))
         for key, value, minimum in (
             ("train.epochs", self.epochs, 1),
+            ("train.seed", self.seed, 0),
             ("train.keep_checkpoints", self.keep_checkpoints, 1),
             ("train.num_average", self.num_average, 1),
             ("train.save_every_steps", self.save_every_steps, 0),

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from wespeaker_lap.config import EvalConfig, save_config
 from wespeaker_lap.data.audio import SAMPLE_RATE
-from wespeaker_lap.data.kaldi import DataDir, DataError, load_data_dir, read_map, write_map
+from wespeaker_lap.data.kaldi import DataDir, DataError, load_data_dir, read_scp, write_map, write_specifier
 from wespeaker_lap.inference import Embedder, plan_batches
 from wespeaker_lap.utils.io import atomic_open
 
@@ -35,22 +35,22 @@ class _BatchAudio(Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int):
-        from wespeaker_lap.data.audio import read_audio
+        from wespeaker_lap.data.audio import MIN_EMBED_SECONDS, read_audio
 
         keys = [self.keys[j] for j in self.batches[i]]
-        return keys, [read_audio(k, self.data.wav_scp[k], SAMPLE_RATE) for k in keys]
+        return keys, [read_audio(k, self.data.wav_scp[k], SAMPLE_RATE, min_seconds=MIN_EMBED_SECONDS) for k in keys]
 
 
 def utterance_lengths(data: DataDir, keys: Sequence[str]) -> List[int]:
-    """Lengths in samples, from ``utt2dur`` when present, else from the audio headers."""
+    """Lengths in samples, from ``utt2dur`` when present, else from the audio headers (checked as audio)."""
     if data.utt2dur:
         missing = [k for k in keys if k not in data.utt2dur]
         if missing:
             raise DataError(f"{data.path / 'utt2dur'}: no duration for utterance {missing[0]!r}")
         return [int(round(data.utt2dur[k] * SAMPLE_RATE)) for k in keys]
-    import soundfile as sf
+    from wespeaker_lap.data.audio import audio_length
 
-    return [sf.info(data.wav_scp[k]).frames for k in tqdm(keys, desc="reading durations", leave=False)]
+    return [audio_length(k, data.wav_scp[k], SAMPLE_RATE) for k in tqdm(keys, desc="reading durations", leave=False)]
 
 
 def extract_shard(embedder: Embedder, data: DataDir, out_dir: Path, rank: int = 0, world: int = 1,
@@ -64,7 +64,7 @@ def extract_shard(embedder: Embedder, data: DataDir, out_dir: Path, rank: int = 
     loader = DataLoader(_BatchAudio(data, keys, mine), batch_size=None, num_workers=num_workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     ark, scp = out_dir / f"xvector.{rank}.ark", out_dir / f"xvector.{rank}.scp"
-    with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer:
+    with kaldiio.WriteHelper(write_specifier(ark, scp)) as writer:
         for batch_keys, wavs in tqdm(loader, desc=f"extract rank {rank}", disable=rank != 0):
             for key, emb in zip(batch_keys, embedder.embed_batch(wavs)):
                 writer(key, emb)
@@ -75,7 +75,7 @@ def merge_shards(data: DataDir, out_dir: Path, world: int) -> Path:
     """Concatenate per-rank scp files into ``xvector.scp``; every utterance must be there."""
     merged: Dict[str, str] = {}
     for rank in range(world):
-        merged.update(read_map(out_dir / f"xvector.{rank}.scp"))
+        merged.update(read_scp(out_dir / f"xvector.{rank}.scp"))
     missing = sorted(set(data.wav_scp) - set(merged))
     if missing:
         raise DataError(f"{out_dir}: {len(missing)} utterances of {data.path / 'wav.scp'} have no embedding, "
@@ -98,7 +98,7 @@ def write_training_stats(data: DataDir, scp: Path, mean_path: Path, cohort_dir: 
     cohort = speaker_means(embeddings, data.utt2spk, str(data.path / "utt2spk"))
     cohort_dir.mkdir(parents=True, exist_ok=True)
     ark, spk_scp = cohort_dir / "spk_xvector.ark", cohort_dir / "spk_xvector.scp"
-    with kaldiio.WriteHelper(f"ark,scp:{ark},{spk_scp}") as writer:
+    with kaldiio.WriteHelper(write_specifier(ark, spk_scp)) as writer:
         for spk, mean in zip(cohort.keys, cohort.matrix):
             writer(spk, mean)
     log.info("training stats: mean of %d utterances -> %s; %d speaker means -> %s",

@@ -116,14 +116,15 @@ class Embedder:
 
 def to_waveform(audio: Audio, key: str = "input") -> np.ndarray:
     """A wav path (read and checked exactly as extraction reads it) or a 16 kHz 1-D float array."""
-    if isinstance(audio, (str, Path)):
-        from wespeaker_lap.data.audio import read_audio
+    from wespeaker_lap.data.audio import MIN_EMBED_SECONDS, check_min_duration, check_samples, read_audio
 
-        return read_audio(key, str(audio), SAMPLE_RATE)
+    if isinstance(audio, (str, Path)):
+        return read_audio(key, str(audio), SAMPLE_RATE, min_seconds=MIN_EMBED_SECONDS)
     wav = np.asarray(audio, dtype=np.float32)
     if wav.ndim != 1 or wav.size == 0:
-        raise ValueError(f"{key}: expected a non-empty 1-D {SAMPLE_RATE // 1000} kHz waveform, got shape {wav.shape}")
-    return wav
+        raise ValueError(f"{key}: expected a non-empty 1-D 16 kHz waveform, got shape {wav.shape}")
+    check_min_duration(key, "array", len(wav), SAMPLE_RATE)
+    return check_samples(key, "array", wav)
 
 
 class SpeakerVerifier:
@@ -158,23 +159,28 @@ class SpeakerVerifier:
 
 
 def load_model(exp_dir: Union[str, Path], device: str = "cpu", cohort: Union[str, Path, None] = None,
-               top_k: Optional[int] = None, allow_upstream_mismatch: bool = False) -> SpeakerVerifier:
+               top_k: Optional[int] = None, allow_upstream_mismatch: bool = False,
+               trust_checkpoint: bool = False) -> SpeakerVerifier:
     """Load ``exp_dir/final_model.pt`` (and ``exp_dir/embeddings/train_mean.npy`` if present).
 
     ``cohort``: an scp of cohort embeddings, one row per cohort entry (the recipe writes the training
     speakers' means to ``exp_dir/embeddings/<train_set>/spk_xvector.scp``); ``score`` then applies
     AS-Norm with the ``top_k`` highest cohort scores (default: ``CohortConfig.top_k``).
     ``allow_upstream_mismatch`` loads even when the upstream checkpoint is not the one trained with.
+    ``trust_checkpoint``: see ``load_speaker_model`` (the upstream checkpoint must otherwise pass
+    ``torch.load(weights_only=True)``).
     """
     from wespeaker_lap.models.model_file import load_speaker_model
+    from wespeaker_lap.scoring.embeddings import load_mean
 
     exp_dir = Path(exp_dir)
     model_path = exp_dir / "final_model.pt"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no final model; run the recipe's stage 4 (averaging) first")
-    model, _ = load_speaker_model(model_path, device=device, allow_upstream_mismatch=allow_upstream_mismatch)
+    model, _ = load_speaker_model(model_path, device=device, allow_upstream_mismatch=allow_upstream_mismatch,
+                                  trust_checkpoint=trust_checkpoint)
     mean_path = exp_dir / "embeddings" / "train_mean.npy"
-    mean = np.load(mean_path) if mean_path.is_file() else None
+    mean = load_mean(mean_path) if mean_path.is_file() else None  # checked: a vector of finite values
     verifier_cohort = None
     if cohort is not None:
         from wespeaker_lap.config import CohortConfig

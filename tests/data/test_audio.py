@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wespeaker_lap.data.audio import Audio, BadAudioHandler, read_audio, read_random_segment
+from wespeaker_lap.data.audio import (
+    MIN_EMBED_SECONDS,
+    Audio,
+    BadAudioHandler,
+    audio_length,
+    read_audio,
+    read_random_segment,
+)
 from wespeaker_lap.data.kaldi import DataError
 
 SR = 16000
@@ -180,3 +187,83 @@ def test_handler_raises_when_nothing_is_readable():
 def test_handler_rejects_unknown_mode():
     with pytest.raises(ValueError, match="on_bad_audio"):
         BadAudioHandler("ignore")
+
+
+# ----------------------------------------------------------------------------- non-finite, truncated, short, pipes
+def float_wav(path, samples: np.ndarray) -> str:
+    sf.write(str(path), samples.astype(np.float32), SR, subtype="FLOAT")
+    return str(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_bad_audio(tmp_path, bad):
+    samples = np.zeros(4000, np.float32)
+    samples[3210] = bad
+    path = float_wav(tmp_path / "nan.wav", samples)
+    with pytest.raises(DataError, match=rf"bad audio 'u1' \({path}\): non-finite sample \({bad}\) at sample 3210"):
+        read_audio("u1", path, SR)  # a whole-utterance read checks the whole signal
+    audio = Audio("u1", path, SR)
+    np.testing.assert_array_equal(audio.read(0, 3000), 0)  # a window without the NaN reads fine ...
+    with pytest.raises(DataError, match="at sample 3210"):
+        audio.read(3000, 3500)  # ... one that holds it does not
+    with pytest.raises(DataError, match="non-finite sample"):
+        read_random_segment("noise1", path, SR, 4000, np.random.default_rng(0))
+
+
+def truncated_pcm_wav(tmp_path, n: int = 16000, keep: float = 0.5) -> str:
+    """A real PCM wav cut to ``keep`` of its size: its header still declares all ``n`` samples."""
+    path = write_wav(tmp_path / "cut.wav", pcm(n))
+    data = (tmp_path / "cut.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_truncated_pcm_wav_is_an_error(tmp_path):
+    path = truncated_pcm_wav(tmp_path)
+    assert sf.info(path).frames < 16000  # libsndfile alone reads the shorter file without complaint
+    message = rf"bad audio 'cut' \({path}\): truncated: the WAV header declares 32000 bytes of audio data but the " \
+              r"file holds 15978"
+    with pytest.raises(DataError, match=message):
+        read_audio("cut", path, SR)
+    with pytest.raises(DataError, match="truncated"):
+        read_random_segment("cut", path, SR, 100, np.random.default_rng(0))
+
+
+def test_streamed_wav_of_unknown_size_is_read(tmp_path):
+    """A WAV written to a pipe declares its data size as 0xFFFFFFFF (unknown): not truncated."""
+    path = write_wav(tmp_path / "s.wav", pcm(500))
+    data = bytearray((tmp_path / "s.wav").read_bytes())
+    at = data.index(b"data") + 4
+    data[at: at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    (tmp_path / "s.wav").write_bytes(bytes(data))
+    np.testing.assert_array_equal(read_audio("s", path, SR), pcm(500) / 32768.0)
+
+
+def test_minimum_duration(tmp_path):
+    short = write_wav(tmp_path / "short.wav", pcm(round(MIN_EMBED_SECONDS * SR) - 1))
+    assert read_audio("s", short, SR).shape == (1599,)  # training and augmentation reads have no minimum
+    with pytest.raises(DataError, match=r"'s'.*too short to embed: 1599 samples \(0.100 s\); at least 0.1 s "
+                                        r"\(1600 samples\) are needed"):
+        read_audio("s", short, SR, min_seconds=MIN_EMBED_SECONDS)
+    ok = write_wav(tmp_path / "ok.wav", pcm(1600))
+    assert read_audio("s", ok, SR, min_seconds=MIN_EMBED_SECONDS).shape == (1600,)
+
+
+def test_audio_length_reads_the_header_through_the_checks(tmp_path):
+    assert audio_length("a", write_wav(tmp_path / "a.wav", pcm(1234)), SR) == 1234
+    with pytest.raises(DataError, match="'cut'.*truncated"):
+        audio_length("cut", truncated_pcm_wav(tmp_path), SR)
+    garbage = tmp_path / "g.wav"
+    garbage.write_bytes(b"not audio at all")
+    with pytest.raises(DataError, match=r"bad audio 'g' .*g\.wav\): unreadable"):
+        audio_length("g", str(garbage), SR)
+
+
+@pytest.mark.parametrize("spec", ["touch {marker} |", "| touch {marker}", "touch {marker} |:12"])
+def test_pipe_entries_never_run(tmp_path, spec):
+    marker = tmp_path / "ran"
+    with pytest.raises(DataError, match="pipe command; wespeaker-lap does not run commands"):
+        read_audio("u1", spec.format(marker=marker), SR)
+    with pytest.raises(DataError, match="pipe command"):
+        read_random_segment("n1", spec.format(marker=marker), SR, 10, np.random.default_rng(0))
+    assert not marker.exists()

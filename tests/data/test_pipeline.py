@@ -156,6 +156,44 @@ def test_bad_audio_skip_replaces_with_next_good_one(train_dir, caplog):
     assert_same_batches(batches, all_batches(TrainDataset(cfg, 12, 0, 1, seed=4)))  # deterministic
 
 
+def nan_inside(path: Path, n: int) -> None:
+    """Overwrite ``path`` with a float wav of NaNs but a finite last sample (opening it succeeds; a crop does not)."""
+    samples = np.full(n, np.nan, dtype=np.float32)
+    samples[-1] = 0.0
+    sf.write(str(path), samples, SR, subtype="FLOAT")
+
+
+def test_nan_in_a_crop_is_bad_audio(train_dir):
+    nan_inside(train_dir.parent / "spk_b-03.wav", 1600)
+    dataset = TrainDataset(config(train_dir), 24, 0, 1, seed=1)
+    with pytest.raises(DataError, match=r"bad audio 'spk_b-03' \(.*spk_b-03\.wav\): non-finite sample \(nan\)"):
+        dataset.make_batch(0)
+
+
+def test_nan_in_a_crop_is_a_counted_skip(train_dir):
+    bad = ["spk_a-01", "spk_d-04"]
+    for key in bad:
+        nan_inside(train_dir.parent / f"{key}.wav", 2400)
+    cfg = config(train_dir, on_bad_audio="skip")
+    dataset = TrainDataset(cfg, 24, 0, 1, seed=4)
+    (batch,) = all_batches(dataset)
+    assert torch.isfinite(batch["wavs"]).all() and not set(bad) & set(batch["keys"])
+    assert dataset.bad_audio.count == 2
+    speakers = dataset.corpus.speakers
+    for key, label in zip(batch["keys"], batch["labels"].tolist()):  # a replacement keeps its speed shift
+        assert speakers[label % len(speakers)] == key.split("-")[0]
+    assert batch["labels"].max() >= len(speakers)  # speed-perturbed classes are in there
+    assert_same_batches([batch], all_batches(TrainDataset(cfg, 24, 0, 1, seed=4)))  # deterministic
+
+
+def test_truncated_training_wav_is_bad_audio(train_dir):
+    path = train_dir.parent / "spk_c-02.wav"
+    path.write_bytes(path.read_bytes()[:-100])
+    dataset = TrainDataset(config(train_dir), 24, 0, 1, seed=1)
+    with pytest.raises(DataError, match=r"'spk_c-02'.*truncated: the WAV header declares"):
+        dataset.make_batch(0)
+
+
 def write_augment_lists(tmp_path: Path) -> tuple[str, str]:
     musan, rirs = [], []
     for i, kind in enumerate(["noise", "music", "speech", "speech"]):

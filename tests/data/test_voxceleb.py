@@ -24,7 +24,7 @@ from wespeaker_lap.data.archives import (
     open_parts,
     read_md5_file,
 )
-from wespeaker_lap.data.kaldi import DataError, load_data_dir, read_map, read_trials
+from wespeaker_lap.data.kaldi import DataError, load_data_dir, read_list_map, read_scp, read_trials
 from wespeaker_lap.data.voxceleb import TRIAL_LISTS, convert_m4a_tree, convert_trials, prepare_voxceleb
 
 from . import fake_archives as fake
@@ -62,7 +62,7 @@ def test_happy_path_writes_sorted_kaldi_dirs(prepared):
         data_dir = load_data_dir(data / name)
         assert set(data_dir.wav_scp) == set(utts)
         assert data_dir.utt2spk == {key: key.split("/")[0] for key in utts}
-        assert read_map(data / name / "spk2utt", str.split) == data_dir.spk2utt
+        assert read_list_map(data / name / "spk2utt") == data_dir.spk2utt
         for file in ("wav.scp", "utt2spk", "spk2utt", "utt2dur"):
             keys = [line.split()[0].encode() for line in (data / name / file).read_text().splitlines()]
             assert keys == sorted(keys), f"{name}/{file} is not in C-locale order"
@@ -74,7 +74,7 @@ def test_happy_path_writes_sorted_kaldi_dirs(prepared):
 
 def test_vox2_is_converted_to_16k_mono_pcm16(prepared):
     data, _ = prepared
-    wav_scp = read_map(data / "vox2_dev" / "wav.scp")
+    wav_scp = read_scp(data / "vox2_dev" / "wav.scp")
     assert not (data / "raw_data" / "voxceleb2_m4a").exists()  # removed once converted (no --keep_m4a)
     seeds = {key: 7 + i for i, key in enumerate(fake.VOX2_DEV)}  # the builder's seeds after the 7 vox1 files
     for key, path in wav_scp.items():
@@ -139,7 +139,7 @@ def test_missing_ffmpeg_says_how_to_install_it(archives_copy, tmp_path, monkeypa
 
 def test_trial_naming_unknown_utterance_is_an_error_naming_the_line(prepared, tmp_path):
     data, _ = prepared
-    known = read_map(data / "vox1" / "wav.scp")
+    known = read_scp(data / "vox1" / "wav.scp")
     trials = tmp_path / "list_test_hard2.txt"
     trials.write_text("1 id10270/x6uYqmx31kE/00001.wav id10270/5r0dWxy17C8/00001.wav\n"
                       "0 id10001/1zcIwhmdeo4/00001.wav id10003/nonexistent/00009.wav\n")

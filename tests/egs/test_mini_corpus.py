@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from wespeaker_lap.data.augment_lists import read_augment_list
-from wespeaker_lap.data.kaldi import load_data_dir, read_map, read_trials
+from wespeaker_lap.data.kaldi import load_data_dir, read_list_map, read_map, read_scp, read_trials
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "egs" / "mini" / "local"
@@ -119,7 +119,7 @@ def test_corpus_splits_are_speaker_disjoint_kaldi_dirs(corpora):
     assert len(train.speakers) == 3 and len(test.speakers) == 2
     assert not set(train.speakers) & set(test.speakers)
     for data in (train, test):
-        assert read_map(data.path / "spk2utt", str.split) == data.spk2utt
+        assert read_list_map(data.path / "spk2utt") == data.spk2utt
         for key, spk in data.utt2spk.items():
             assert key.startswith(f"{spk}/{spk}-"), key
         assert all(len(utts) == 3 for utts in data.spk2utt.values())
@@ -144,7 +144,7 @@ def test_trials_reference_test_utterances_with_correct_labels(corpora):
 def test_utterances_vary_in_text_and_duration(corpora):
     for split in ("train", "test"):
         data = load_data_dir(corpora[0] / split)
-        text = read_map(corpora[0] / split / "text")
+        text = read_scp(corpora[0] / split / "text")
         for spk, utts in data.spk2utt.items():
             assert len({text[u] for u in utts}) == len(utts), f"{spk} repeats a text"
             assert len({data.utt2dur[u] for u in utts}) == len(utts), f"{spk} repeats a duration"

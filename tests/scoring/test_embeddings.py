@@ -87,3 +87,33 @@ def test_mean_from_npy_or_scp(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((2, 2)))
     with pytest.raises(DataError, match=r"bad\.npy: expected a vector"):
         load_mean(tmp_path / "bad.npy")
+
+
+def test_non_finite_embedding_is_an_error_naming_the_key(tmp_path):
+    vectors = _vectors(5)
+    vectors["u003"][2] = np.inf
+    scp = write_ark(tmp_path, "emb", vectors)
+    with pytest.raises(DataError, match=r"emb\.scp: the embedding of 'u003' is not finite \(NaN or Inf; 1 of 5"):
+        read_embeddings(scp, progress=False)
+    with pytest.raises(DataError, match="'u003' is not finite"):
+        load_mean(scp)  # a mean computed from an scp goes through the same check
+
+
+def test_mean_file_must_be_a_finite_vector(tmp_path):
+    np.save(tmp_path / "nan.npy", np.array([0.0, np.nan], np.float32))
+    with pytest.raises(DataError, match=r"nan\.npy: the mean embedding is not finite"):
+        load_mean(tmp_path / "nan.npy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"obj\.npy: not a readable \.npy array"):  # never unpickled
+        load_mean(tmp_path / "obj.npy")
+
+
+@pytest.mark.parametrize("spec", ["touch {m} |", "| touch {m}", "touch {m} |:5", "touch {m} |:5[0:1]"])
+def test_pipe_entries_are_refused_without_running(tmp_path, spec):
+    marker = tmp_path / "ran"
+    scp = write_ark(tmp_path, "emb", _vectors(2))
+    with open(scp, "a", encoding="utf-8") as f:
+        f.write(f"bad {spec.format(m=marker)}\n")
+    with pytest.raises(DataError, match=r"emb\.scp: 'bad': .* is a pipe command"):
+        read_embeddings(scp, progress=False)
+    assert not marker.exists()

@@ -18,9 +18,13 @@ from .training_helpers import N_SPEAKERS, SAMPLE_RATE, UTT_SECONDS, run_in_proce
 
 
 def with_nan_audio(train_dir: Path, out: Path, bad_keys: Sequence[str]) -> Path:
-    """A copy of ``train_dir`` whose ``bad_keys`` point at all-NaN float wavs."""
+    """A copy of ``train_dir`` whose ``bad_keys`` point at float wavs that overflow the model to NaN.
+
+    The samples are finite (NaN or Inf samples are refused as bad audio) but near float32's
+    maximum, so the upstream's first convolution overflows.
+    """
     shutil.copytree(train_dir, out)
-    nan = np.full(int(UTT_SECONDS * SAMPLE_RATE), np.nan, dtype=np.float32)
+    nan = np.full(int(UTT_SECONDS * SAMPLE_RATE), 3e38, dtype=np.float32)
     lines = []
     for line in (out / "wav.scp").read_text().splitlines():
         key, path = line.split(maxsplit=1)

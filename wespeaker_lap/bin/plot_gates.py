@@ -29,4 +29,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from wespeaker_lap.utils.errors import run_script
+
+    run_script(main)

@@ -27,10 +27,9 @@ Each process uses ``cuda:LOCAL_RANK`` (NCCL) when GPUs are visible, else the CPU
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List, Optional
 
-from wespeaker_lap.config import ConfigError, load_config
+from wespeaker_lap.config import load_config
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -44,18 +43,14 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="resume even though the config differs from DIR/config.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-5")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        parser.error(str(err))
+    cfg = load_config(args.config, args.overrides)  # a ConfigError names the file and the key
 
-    from wespeaker_lap.training.trainer import ResumeConfigError, train
+    from wespeaker_lap.training.trainer import train
 
-    try:
-        train(cfg, args.exp_dir, allow_config_change=args.allow_config_change)
-    except ResumeConfigError as err:
-        sys.exit(f"error: {err}")
+    train(cfg, args.exp_dir, allow_config_change=args.allow_config_change)
 
 
 if __name__ == "__main__":
-    main()
+    from wespeaker_lap.utils.errors import run_script
+
+    run_script(main)

@@ -26,7 +26,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from wespeaker_lap.data.archives import MUSAN, RIRS_NOISES, ArchiveDir, Step, extract_archive, run_steps
 from wespeaker_lap.data.audio import SAMPLE_RATE
-from wespeaker_lap.data.kaldi import DataError
+from wespeaker_lap.data.kaldi import DataError, read_lines
 from wespeaker_lap.utils.io import atomic_open
 from wespeaker_lap.utils.parallel import parallel_map
 
@@ -56,22 +56,19 @@ def read_augment_list(path: Union[str, Path], types: Sequence[str] = MUSAN_TYPES
         raise DataError(f"{path}: augmentation list not found")
     entries: List[AugmentEntry] = []
     seen = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3:
-                raise DataError(f"{path}:{lineno}: expected '<key> <path> <type>', got {line.strip()!r}")
-            key, audio, kind = fields
-            if kind not in types:
-                raise DataError(f"{path}:{lineno}: unknown type {kind!r} (allowed: {', '.join(types)})")
-            if key in seen:
-                raise DataError(f"{path}:{lineno}: duplicate key {key!r}")
-            if not Path(audio).is_file():
-                raise DataError(f"{path}:{lineno}: audio file {audio} not found")
-            seen.add(key)
-            entries.append(AugmentEntry(key, audio, kind))
+    for lineno, line in read_lines(path):
+        fields = line.split()
+        if len(fields) != 3:
+            raise DataError(f"{path}:{lineno}: expected '<key> <path> <type>', got {line!r}")
+        key, audio, kind = fields
+        if kind not in types:
+            raise DataError(f"{path}:{lineno}: unknown type {kind!r} (allowed: {', '.join(types)})")
+        if key in seen:
+            raise DataError(f"{path}:{lineno}: duplicate key {key!r}")
+        if not Path(audio).is_file():
+            raise DataError(f"{path}:{lineno}: audio file {audio} not found")
+        seen.add(key)
+        entries.append(AugmentEntry(key, audio, kind))
     if not entries:
         raise DataError(f"{path}: no entries")
     return entries

@@ -1,44 +1,87 @@
 """Kaldi data directories: ``wav.scp``, ``utt2spk``, ``spk2utt``, ``utt2dur`` and trial lists.
 
-Every reader reports a malformed line as ``path:line: reason``.
+Every reader reports a malformed line as ``path:line: reason``. Files are UTF-8 (a byte-order
+mark at the start is dropped; any other byte sequence is an error naming the line). Two-column
+files (``utt2spk``, ``utt2dur``, ``spk2gender``...) must have exactly two columns; in ``wav.scp``
+and embedding ``.scp`` files the value is the rest of the line, so paths may hold spaces.
+Pipe entries (``cmd |``, Kaldi's extended filenames) are refused: nothing in this project runs a
+command found in a data file (see ``refuse_pipe``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Mapping, Tuple, TypeVar
 
 from wespeaker_lap.utils.io import atomic_open
 
 V = TypeVar("V")
+
+_BOM = b"\xef\xbb\xbf"
 
 
 class DataError(ValueError):
     """A data file is missing or malformed; the message names the file and line or key."""
 
 
-def _lines(path: str | Path):
+def read_lines(path: str | Path) -> Iterator[Tuple[int, str]]:
+    """``(line number, stripped line)`` of each non-blank line of a UTF-8 text file.
+
+    A missing file, or bytes that are not UTF-8, raise ``DataError`` naming the file (and line).
+    A byte-order mark at the start of the file is dropped.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                f"{err.start + 1}); re-encode the file as UTF-8") from None
             if line:
                 yield lineno, line
 
 
-def read_map(path: str | Path, parse: Callable[[str], V] = str) -> Dict[str, V]:
-    """Read ``<key> <value>`` lines into a dict (the value is the rest of the line).
+def is_pipe(spec: str) -> bool:
+    """Whether a Kaldi rxspecifier runs a command: ``cmd |``, ``| cmd``, also before an ``:offset`` or slice.
 
-    Raises ``DataError`` naming the file and line for a missing value, a value that
-    ``parse`` rejects, or a duplicated key.
+    These are the forms ``kaldiio`` hands to a shell (``kaldiio.utils.open_like_kaldi``).
     """
+    head = spec.split("[", 1)[0]
+    parts = (spec, head, head.rsplit(":", 1)[0])
+    return any(part.strip().startswith("|") or part.strip().endswith("|") for part in parts)
+
+
+def refuse_pipe(spec: str, where: str) -> None:
+    """Raise ``DataError`` (prefixed by ``where``) if ``spec`` is a pipe command (see ``is_pipe``)."""
+    if is_pipe(spec):
+        raise DataError(f"{where}: {spec!r} is a pipe command; wespeaker-lap does not run commands from data "
+                        "files (convert the audio to wav/flac files, or to a Kaldi ark, and list those)")
+
+
+def write_specifier(ark: str | Path, scp: str | Path) -> str:
+    """``ark,scp:<ark>,<scp>`` for ``kaldiio.WriteHelper``; a path kaldiio would misread is an error.
+
+    A path starting or ending with ``|`` would run a shell command, one with ``,`` would be split.
+    """
+    for path in (str(ark), str(scp)):
+        if is_pipe(path) or "," in path:
+            raise DataError(f"{path}: output paths for Kaldi ark/scp files may not start or end with '|' "
+                            "or contain ','")
+    return f"ark,scp:{ark},{scp}"
+
+
+def _read_map(path: str | Path, parse: Callable[[str], V], rest_of_line: bool, form: str) -> Dict[str, V]:
     out: Dict[str, V] = {}
-    for lineno, line in _lines(path):
-        parts = line.split(maxsplit=1)
+    for lineno, line in read_lines(path):
+        parts = line.split(maxsplit=1) if rest_of_line else line.split()
         if len(parts) != 2:
-            raise DataError(f"{path}:{lineno}: expected '<key> <value>', got {line!r}")
+            raise DataError(f"{path}:{lineno}: expected '{form}', got {line!r}"
+                            + ("" if rest_of_line or len(parts) < 2 else f" ({len(parts)} columns)"))
         key, raw = parts
         if key in out:
             raise DataError(f"{path}:{lineno}: duplicate key {key!r}")
@@ -49,9 +92,23 @@ def read_map(path: str | Path, parse: Callable[[str], V] = str) -> Dict[str, V]:
     return out
 
 
+def read_map(path: str | Path, parse: Callable[[str], V] = str) -> Dict[str, V]:
+    """Read a two-column ``<key> <value>`` file (``utt2spk``, ``utt2dur``, ...) into a dict.
+
+    Raises ``DataError`` naming the file and line for a line without exactly two columns, a
+    value that ``parse`` rejects, or a duplicated key.
+    """
+    return _read_map(path, parse, rest_of_line=False, form="<key> <value>")
+
+
+def read_scp(path: str | Path) -> Dict[str, str]:
+    """Read ``<key> <rest of the line>`` lines (``wav.scp``, embedding ``.scp``, ``text``): values may hold spaces."""
+    return _read_map(path, str, rest_of_line=True, form="<key> <path or specifier>")
+
+
 def read_list_map(path: str | Path) -> Dict[str, List[str]]:
     """Read ``<key> <v1> <v2> ...`` lines (e.g. ``spk2utt``) into a dict of lists."""
-    return read_map(path, str.split)
+    return _read_map(path, str.split, rest_of_line=True, form="<key> <value> ...")
 
 
 def write_map(path: str | Path, items: Mapping[str, object] | Iterable[Tuple[str, object]]) -> None:
@@ -94,7 +151,12 @@ class DataDir:
 def load_data_dir(path: str | Path, need_spk: bool = True) -> DataDir:
     """Load ``wav.scp`` (+ ``utt2spk``, + optional ``utt2dur``) and check they agree."""
     path = Path(path)
-    wav_scp = read_map(path / "wav.scp")
+    wav_scp = read_scp(path / "wav.scp")
+    if not wav_scp:
+        raise DataError(f"{path / 'wav.scp'}: no utterances (the file is empty)")
+    for key, spec in wav_scp.items():
+        if "|" in spec:
+            refuse_pipe(spec, f"{path / 'wav.scp'}: utterance {key!r}")
     utt2spk: Dict[str, str] = {}
     if need_spk or (path / "utt2spk").is_file():
         utt2spk = read_map(path / "utt2spk")
@@ -116,13 +178,15 @@ Trial = Tuple[str, str, int]
 
 
 def read_trials(path: str | Path) -> List[Trial]:
-    """Read Kaldi trials ``<enroll> <test> target|nontarget`` into (enroll, test, label)."""
+    """Read Kaldi trials ``<enroll> <test> target|nontarget`` into (enroll, test, label); empty is an error."""
     trials: List[Trial] = []
-    for lineno, line in _lines(path):
+    for lineno, line in read_lines(path):
         parts = line.split()
         if len(parts) != 3 or parts[2] not in ("target", "nontarget"):
             raise DataError(f"{path}:{lineno}: expected '<enroll> <test> target|nontarget', got {line!r}")
         trials.append((parts[0], parts[1], int(parts[2] == "target")))
+    if not trials:
+        raise DataError(f"{path}: no trials (the file is empty)")
     return trials
 
 

@@ -134,7 +134,7 @@ class TrainDataset(IterableDataset):
                    for p in self.positions(batch))
         samples = processors.open_audio(samples, SAMPLE_RATE, self.bad_audio)
         samples = processors.speed_perturb(samples, cfg.speed_perturb_prob, self.n_speakers)
-        samples = processors.random_crop(samples, self.crop_samples, SAMPLE_RATE)
+        samples = processors.random_crop(samples, self.crop_samples, SAMPLE_RATE, self.bad_audio)
         samples = processors.add_reverb_or_noise(samples, self.augmenter, cfg.augment.prob)
         with _one_torch_thread():
             return processors.collate(samples)

@@ -20,6 +20,7 @@ import torch
 
 from wespeaker_lap.data.audio import Audio, BadAudioHandler
 from wespeaker_lap.data.augment import Augmenter
+from wespeaker_lap.data.kaldi import DataError
 
 Sample = Dict[str, Any]
 
@@ -29,14 +30,21 @@ SPEED_FACTORS = (0.9, 1.1)  # factor i (0-based) shifts the label by (i + 1) * n
 def open_audio(samples: Iterable[Sample], sample_rate: int, bad_audio: BadAudioHandler) -> Iterator[Sample]:
     """Open and check each sample's audio; bad audio is replaced by the next readable candidate (skip mode).
 
-    Reads ``candidates`` (iterable of ``(key, wav.scp value, label)``, the sample's
-    own utterance first). Writes ``key``, ``label``, ``audio`` (an ``Audio``).
+    Reads ``candidates`` (iterator of ``(key, wav.scp value, label)``, the sample's own
+    utterance first; the rest stay there for ``random_crop``). Writes ``key``, ``label``,
+    ``base_label`` (the label before speed perturbation) and ``audio`` (an ``Audio``).
     """
     for sample in samples:
-        (key, _, label), audio = bad_audio.first_readable(
-            sample.pop("candidates"), lambda utt: Audio(utt[0], utt[1], sample_rate))
-        sample.update(key=key, label=label, audio=audio)
+        _open_next(sample, sample_rate, bad_audio)
         yield sample
+
+
+def _open_next(sample: Sample, sample_rate: int, bad_audio: BadAudioHandler) -> None:
+    """Open the next readable candidate; a label already shifted by speed perturbation keeps its shift."""
+    shift = sample["label"] - sample["base_label"] if "base_label" in sample else 0
+    (key, _, label), audio = bad_audio.first_readable(
+        sample["candidates"], lambda utt: Audio(utt[0], utt[1], sample_rate))
+    sample.update(key=key, label=label + shift, base_label=label, audio=audio)
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,22 +106,38 @@ def speed_perturb(samples: Iterable[Sample], prob: float, n_speakers: int) -> It
         yield sample
 
 
-def random_crop(samples: Iterable[Sample], length: int, sample_rate: int) -> Iterator[Sample]:
+def random_crop(samples: Iterable[Sample], length: int, sample_rate: int,
+                bad_audio: Optional[BadAudioHandler] = None) -> Iterator[Sample]:
     """Cut a random ``length``-sample window of the speed-changed audio; shorter audio is repeated (wrap-padded).
 
-    Only the needed part of the file is read and resampled. Reads ``audio``, ``speed``, ``rng``;
-    writes ``wav`` (float32 ``[length]``) and drops ``audio``.
+    Only the needed part of the file is read and resampled, and checked (NaN/Inf, short read).
+    Bad audio found here goes to ``bad_audio`` (None: raise); in skip mode the sample's next
+    candidate (from ``open_audio``) is cropped instead. Reads ``audio``, ``speed``, ``rng``
+    (``candidates``, ``key``, ``label`` on a replacement); writes ``wav`` (float32 ``[length]``),
+    drops ``audio`` and ``candidates``.
     """
     for sample in samples:
-        audio, speed = sample.pop("audio"), sample["speed"]
-        n = speed_changed_length(audio.n_samples, speed, sample_rate)
-        if n > length:
-            start = int(sample["rng"].integers(0, n - length + 1))
-            sample["wav"] = read_speed_changed(audio, speed, sample_rate, start, start + length)
-        else:
-            wav = read_speed_changed(audio, speed, sample_rate, 0, n)
-            sample["wav"] = np.pad(wav, (0, length - n), mode="wrap")
+        while True:
+            try:
+                sample["wav"] = _crop(sample["audio"], sample["speed"], length, sample_rate, sample["rng"])
+                break
+            except DataError as err:
+                if bad_audio is None or "candidates" not in sample:
+                    raise
+                bad_audio.handle(err)
+                _open_next(sample, sample_rate, bad_audio)
+        for used in ("audio", "candidates", "base_label"):
+            sample.pop(used, None)
         yield sample
+
+
+def _crop(audio: Audio, speed: float, length: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    n = speed_changed_length(audio.n_samples, speed, sample_rate)
+    if n > length:
+        start = int(rng.integers(0, n - length + 1))
+        return read_speed_changed(audio, speed, sample_rate, start, start + length)
+    wav = read_speed_changed(audio, speed, sample_rate, 0, n)
+    return np.pad(wav, (0, length - n), mode="wrap")
 
 
 def add_reverb_or_noise(samples: Iterable[Sample], augmenter: Optional[Augmenter],

@@ -34,7 +34,7 @@ from wespeaker_lap.data.archives import (
     extract_archive,
     run_steps,
 )
-from wespeaker_lap.data.kaldi import DataError, read_map, utt2spk_to_spk2utt, write_map, write_trials
+from wespeaker_lap.data.kaldi import DataError, read_scp, utt2spk_to_spk2utt, write_map, write_trials
 from wespeaker_lap.utils.parallel import parallel_map
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def prepare_voxceleb(archives: ArchiveDir, data_dir: Union[str, Path], raw_dir: 
         write_data_dir(data_dir / "vox2_dev", wavs, wav_durations(wavs, nj))
 
     def trials() -> None:
-        known = read_map(data_dir / "vox1" / "wav.scp")
+        known = read_scp(data_dir / "vox1" / "wav.scp")
         for condition, trial_list in TRIAL_LISTS.items():
             out = data_dir / "vox1" / "trials" / f"vox1_{condition}_cleaned.kaldi"
             count = convert_trials(archives.files(trial_list)[0], out, known)

@@ -17,6 +17,7 @@ upstream cannot be checked, which is logged.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,18 +144,21 @@ def check_upstream(model_file: ModelFile, upstream: Optional[UpstreamConfig] = N
     logger.warning("%s; going on (--allow_upstream_mismatch)", message)
 
 
-def load_speaker_model(path: PathLike, device: str | torch.device = "cpu",
-                       allow_upstream_mismatch: bool = False) -> Tuple[torch.nn.Module, ModelFile]:
+def load_speaker_model(path: PathLike, device: str | torch.device = "cpu", allow_upstream_mismatch: bool = False,
+                       trust_checkpoint: bool = False) -> Tuple[torch.nn.Module, ModelFile]:
     """Rebuild the ``SpeakerModel`` of a model file in eval mode on ``device``; return it and the file.
 
     The upstream is checked against the recorded identity first, then rebuilt from the saved config:
     a relative ``upstream.path`` or ``cache_dir`` is taken as given (relative to the working directory).
+    Its checkpoint is trusted only if ``trust_checkpoint`` says so: the flag saved in the file is
+    ignored (a shared file could set it; see ``wespeaker_lap.upstream.trust``).
     """
     from wespeaker_lap.models.speaker_model import build_speaker_model
 
     model_file = read_model_file(path)
     check_upstream(model_file, allow_mismatch=allow_upstream_mismatch)
-    model = build_speaker_model(model_file.model_config)
+    upstream = dataclasses.replace(model_file.model_config.upstream, trust_checkpoint=trust_checkpoint)
+    model = build_speaker_model(dataclasses.replace(model_file.model_config, upstream=upstream))
     try:
         model.load_model_state_dict(model_file.state_dict)
     except (KeyError, RuntimeError) as err:

@@ -66,6 +66,6 @@ def build_speaker_model(cfg: ModelConfig) -> SpeakerModel:
 
     up = cfg.upstream
     upstream = Upstream(up.name, path=up.path, frozen=up.frozen, cache_dir=up.cache_dir, waveform=up.waveform,
-                        finetune=up.finetune)
+                        finetune=up.finetune, trust_checkpoint=up.trust_checkpoint)
     backend = build_backend(cfg.backend.name, upstream.n_layers, upstream.hidden_dim, **cfg.backend.options)
     return SpeakerModel(upstream, backend)

@@ -2,8 +2,10 @@
 
 Each ark that the scp points into is read once, front to back, with ``kaldiio.load_ark``;
 the scp's ``<ark>:<offset>`` entries are matched to the byte offsets met on the way (no
-random seek per key; ~2-3 s for 145k x 192). Entries of any other form (pipes, slices) and
-offsets that are not the start of an ark item are read with ``kaldiio.load_mat``.
+random seek per key; ~2-3 s for 145k x 192). Entries of any other form (slices) and
+offsets that are not the start of an ark item are read with ``kaldiio.load_mat``. Pipe
+entries (``cmd |``) are refused, never run. A NaN or Inf in an embedding or a mean is an error
+naming the key: it would turn every score it touches into NaN.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Dict, List, Mapping, Sequence, Tuple, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from wespeaker_lap.data.kaldi import DataError, Trial, read_map
+from wespeaker_lap.data.kaldi import DataError, Trial, refuse_pipe, read_scp
 
 logger = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -94,7 +96,7 @@ def read_embeddings(scp: str | Path, progress: bool = True) -> Embeddings:
     import kaldiio
 
     scp = Path(scp)
-    entries = list(read_map(scp).items())  # (key, rxspecifier) in file order
+    entries = list(read_scp(scp).items())  # (key, rxspecifier) in file order
     if not entries:
         raise DataError(f"{scp}: no embeddings")
     by_ark: Dict[str, List[Tuple[int, int]]] = {}  # ark -> [(entry position, offset)]
@@ -125,6 +127,7 @@ def read_embeddings(scp: str | Path, progress: bool = True) -> Embeddings:
                 others.append(pos)
     for pos in others:
         key, spec = entries[pos]
+        refuse_pipe(spec, f"{scp}: {key!r}")
         try:
             vectors[pos] = kaldiio.load_mat(spec)
         except Exception as err:  # kaldiio raises many types for a bad specifier
@@ -141,6 +144,11 @@ def read_embeddings(scp: str | Path, progress: bool = True) -> Embeddings:
         elif vector.shape[0] != dim:
             raise DataError(f"{scp}: {key!r} has {vector.shape[0]} dimensions, earlier ones have {dim}")
     matrix = np.stack(vectors).astype(np.float32, copy=False)  # [N, D]
+    finite = np.isfinite(matrix).all(axis=1)  # [N]
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise DataError(f"{scp}: the embedding of {entries[bad[0]][0]!r} is not finite (NaN or Inf; "
+                        f"{len(bad)} of {len(entries)} embeddings are)")
     logger.info("read %d embeddings of dimension %d from %s", matrix.shape[0], dim, scp)
     return Embeddings([key for key, _ in entries], matrix, str(scp))
 
@@ -155,7 +163,12 @@ def load_mean(path: str | Path, read: Callable[[str | Path], Embeddings] = read_
         return read(path).matrix.mean(axis=0, dtype=np.float64).astype(np.float32)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    mean = np.load(path)
-    if mean.ndim != 1:
-        raise DataError(f"{path}: expected a vector, got shape {mean.shape}")
+    try:
+        mean = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+    if mean.ndim != 1 or not np.issubdtype(mean.dtype, np.number):
+        raise DataError(f"{path}: expected a vector of numbers, got shape {mean.shape} of {mean.dtype}")
+    if not np.isfinite(mean).all():
+        raise DataError(f"{path}: the mean embedding is not finite (NaN or Inf)")
     return mean.astype(np.float32)

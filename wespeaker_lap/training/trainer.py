@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Keys that do not change what is computed; a resumed run may change them freely.
-RUNTIME_KEYS = frozenset({"data.num_workers", "train.log_every", "train.keep_checkpoints", "train.save_every_steps"})
+RUNTIME_KEYS = frozenset({"data.num_workers", "train.log_every", "train.keep_checkpoints", "train.save_every_steps",
+                          "model.upstream.trust_checkpoint"})
 
 
 class ResumeConfigError(RuntimeError):
@@ -127,9 +128,6 @@ class Trainer:
             set_deterministic()
         if ckpt.list_checkpoints(self.ckpt_dir):
             check_resume_config(self.exp_dir, cfg, allow_config_change)
-        if ctx.is_main:
-            save_config(cfg, str(self.exp_dir / "config.yaml"))
-        barrier()
 
         optim = cfg.optim
         micro_global = optim.batch_size // optim.accum_steps
@@ -148,6 +146,9 @@ class Trainer:
         self.speakers = list(self.dataset.corpus.speakers)
         self.amp_dtype = resolve_amp(cfg.train.amp, ctx.device)
         self._build(self._find_resume_state())
+        if ctx.is_main:  # only now: a run that fails to set up leaves the previous config.yaml as it was
+            save_config(cfg, str(self.exp_dir / "config.yaml"))
+        barrier()
 
     # ------------------------------------------------------------------ construction
 

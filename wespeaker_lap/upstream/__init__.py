@@ -11,9 +11,11 @@ from wespeaker_lap.upstream.cache import (
     registered_url,
     stage_weights,
 )
+from wespeaker_lap.upstream.trust import UntrustedCheckpointError
 from wespeaker_lap.upstream.upstream import Upstream
 
 __all__ = [
+    "UntrustedCheckpointError",
     "Upstream",
     "UpstreamError",
     "WeightsNotFoundError",

@@ -48,6 +48,8 @@ class Upstream(nn.Module):
             the learned mask embedding, LayerDrop, dropouts; ``wespeaker_lap.upstream.regularizers``),
             the same on the s3prl and ``hf:`` paths. Masking and LayerDrop never act when frozen or
             in eval mode.
+        trust_checkpoint: hand s3prl checkpoints that ``torch.load(weights_only=True)`` refuses
+            (they could run code); see ``wespeaker_lap.upstream.trust``.
 
     ``L`` counts the CNN/input state: 13 for Base models, 25 for Large. A layer skipped by
     LayerDrop repeats the previous hidden state, so ``L`` never changes. When training,
@@ -56,7 +58,8 @@ class Upstream(nn.Module):
     """
 
     def __init__(self, name: str, path: Optional[str] = None, frozen: bool = True, cache_dir: Optional[str] = None,
-                 waveform: Literal["raw", "checkpoint"] = "raw", finetune: FinetuneConfig = FinetuneConfig()):
+                 waveform: Literal["raw", "checkpoint"] = "raw", finetune: FinetuneConfig = FinetuneConfig(),
+                 trust_checkpoint: bool = False):
         super().__init__()
         from wespeaker_lap.upstream.regularizers import fairseq_regularizers, hf_regularizers
 
@@ -72,7 +75,7 @@ class Upstream(nn.Module):
             self.model = HFUpstream(name[len(HF_PREFIX):], cache_dir=cache_dir, waveform=waveform, finetune=finetune)
             self.regularizers = hf_regularizers(self.model.model, finetune, name) if not frozen else None
         else:
-            self.model = _load_s3prl(name, path, cache_dir)
+            self.model = _load_s3prl(name, path, cache_dir, trust_checkpoint)
             _set_waveform_normalization(self.model.upstream, waveform, name)
             self.regularizers = (fairseq_regularizers(_fairseq_model(self.model.upstream, name), finetune, name)
                                  if not frozen else None)
@@ -190,10 +193,16 @@ def _single(values: Sequence[int], name: str, what: str) -> int:
     return values[0]
 
 
-def _load_s3prl(name: str, path: Optional[str], cache_dir: Optional[str]) -> nn.Module:
-    """Build ``s3prl.nn.S3PRLUpstream(name)``, turning s3prl's bare failures into errors that say what to do."""
+def _load_s3prl(name: str, path: Optional[str], cache_dir: Optional[str], trust_checkpoint: bool = False) -> nn.Module:
+    """Build ``s3prl.nn.S3PRLUpstream(name)``, turning s3prl's bare failures into errors that say what to do.
+
+    Unless trusted, the checkpoint must load with ``torch.load(weights_only=True)`` first, and
+    every ``torch.load`` during the build is forced to ``weights_only=True`` (``upstream.trust``).
+    """
     from s3prl.nn import S3PRLUpstream
     from s3prl.util.download import _urls_to_filepaths
+
+    from wespeaker_lap.upstream.trust import UntrustedCheckpointError, check_checkpoint, trusted, weights_only_loads
 
     if name not in s3prl_names():
         raise UpstreamError(f"{name}: not an s3prl upstream name{close_matches(name)} (or use hf:<hub id or dir>)")
@@ -209,10 +218,16 @@ def _load_s3prl(name: str, path: Optional[str], cache_dir: Optional[str]) -> nn.
         path = str(Path(path).expanduser())
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: upstream checkpoint for {name} not found")
+    trust = trusted(trust_checkpoint)
+    if path is not None and not path.startswith(("http://", "https://")) and not trust:
+        check_checkpoint(path, name)
 
-    with s3prl_download_dir(cache_dir), watch_s3prl_requests() as urls:
+    guard = contextlib.nullcontext() if trust else weights_only_loads(name)
+    with s3prl_download_dir(cache_dir), watch_s3prl_requests() as urls, guard:
         try:
             return S3PRLUpstream(name, path_or_url=path)
+        except UntrustedCheckpointError:
+            raise
         except Exception as err:
             fetched = [(url, Path(_urls_to_filepaths(url, download=False))) for url in urls]
             for url, target in fetched:
