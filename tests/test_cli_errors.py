@@ -148,43 +148,47 @@ def test_extract_names_nan_audio_read_in_a_worker(tmp_path, exp_dir):
     bad = nan_wav(tmp_path / "nan.wav")
     data = data_dir(tmp_path / "data", {"u1": wav(tmp_path / "a.wav"), "u2": bad})
     proc = run("wespeaker_lap.bin.extract", "--model", str(exp_dir / "final_model.pt"), "--data_dir", str(data),
-               "--out_dir", str(tmp_path / "emb"), "--num_workers", "1")
+               "--out_dir", str(tmp_path / "emb"), "extraction.num_workers=1")
     assert one_error(proc, "extract") == f"bad audio 'u2' ({bad}): non-finite sample (nan) at sample 1234"
     assert not (tmp_path / "emb" / "xvector.scp").exists()
 
 
-def embeddings(tmp_path: Path, vectors: dict) -> Path:
-    scp = tmp_path / "emb" / "xvector.scp"
+def embeddings(tmp_path: Path, vectors: dict, mean=(0.0, 0.0)) -> Path:
+    """The stage-4 layout under ``tmp_path/emb``: ``eval/xvector.scp`` of ``vectors`` and ``train_mean.npy``."""
+    scp = tmp_path / "emb" / "eval" / "xvector.scp"
     scp.parent.mkdir(parents=True, exist_ok=True)
     with kaldiio.WriteHelper(f"ark,scp:{scp.with_suffix('.ark')},{scp}") as writer:
         for key, vector in vectors.items():
             writer(key, np.asarray(vector, np.float32))
+    np.save(tmp_path / "emb" / "train_mean.npy", np.asarray(mean, np.float32))
     return scp
 
 
-def score(tmp_path: Path, trials: Path, scp: Path, mean: Path) -> subprocess.CompletedProcess:
-    return run("wespeaker_lap.bin.score", "--trials", str(trials), "--embeddings", str(scp), "--mean", str(mean),
-               "--out_dir", str(tmp_path / "scores"))
+def score(tmp_path: Path, trials: Path) -> subprocess.CompletedProcess:
+    """Cosine scoring only (no cohort, no calibration), as stage 5 runs it."""
+    return run("wespeaker_lap.bin.score", "--trials", str(trials), "--data_dir", str(tmp_path / "data"),
+               "--embeddings_dir", str(tmp_path / "emb"), "--train_set", "train", "--eval_set", "eval",
+               "--out_dir", str(tmp_path / "scores"), "cohort.source=null", "calibration.enabled=false")
 
 
 def test_score_refuses_an_empty_trials_file(tmp_path):
-    scp = embeddings(tmp_path, {"a": [1, 0], "b": [0, 1]})
+    embeddings(tmp_path, {"a": [1, 0], "b": [0, 1]})
     (tmp_path / "trials").write_text("")
-    proc = score(tmp_path, tmp_path / "trials", scp, scp)
+    proc = score(tmp_path, tmp_path / "trials")
     assert one_error(proc, "score") == f"{tmp_path}/trials: no trials (the file is empty)"
 
 
 def test_score_refuses_non_finite_embeddings_and_means(tmp_path):
     write_trials(tmp_path / "trials", [("a", "b", 1), ("a", "c", 0)])
     scp = embeddings(tmp_path, {"a": [1, 0], "b": [0, np.nan], "c": [1, 1]})
-    proc = score(tmp_path, tmp_path / "trials", scp, scp)
+    proc = score(tmp_path, tmp_path / "trials")
     assert one_error(proc, "score") == (f"{scp}: the embedding of 'b' is not finite (NaN or Inf; "
                                         "1 of 3 embeddings are)")
-    good = embeddings(tmp_path / "good", {"a": [1, 0], "b": [0, 1], "c": [1, 1]})
-    np.save(tmp_path / "mean.npy", np.array([np.inf, 0], np.float32))
-    proc = score(tmp_path, tmp_path / "trials", good, tmp_path / "mean.npy")
-    assert one_error(proc, "score") == f"{tmp_path}/mean.npy: the mean embedding is not finite (NaN or Inf)"
-    assert not (tmp_path / "scores" / "cosine" / "trials.score").exists()
+    good = tmp_path / "good"
+    embeddings(good, {"a": [1, 0], "b": [0, 1], "c": [1, 1]}, mean=(np.inf, 0))
+    proc = score(good, tmp_path / "trials")
+    assert one_error(proc, "score") == f"{good}/emb/train_mean.npy: the mean embedding is not finite (NaN or Inf)"
+    assert not (good / "scores" / "cosine" / "trials.score").exists()
 
 
 def test_score_refuses_pipe_entries_without_running_them(tmp_path):
@@ -193,7 +197,7 @@ def test_score_refuses_pipe_entries_without_running_them(tmp_path):
     scp = embeddings(tmp_path, {"a": [1, 0]})
     with open(scp, "a", encoding="utf-8") as f:
         f.write(f"b touch {marker} |\n")
-    proc = score(tmp_path, tmp_path / "trials", scp, scp)
+    proc = score(tmp_path, tmp_path / "trials")
     assert one_error(proc, "score") == (f"{scp}: 'b': 'touch {marker} |' is a pipe command; wespeaker-lap does "
                                         "not run commands from data files (convert the audio to wav/flac files, "
                                         "or to a Kaldi ark, and list those)")
@@ -201,7 +205,7 @@ def test_score_refuses_pipe_entries_without_running_them(tmp_path):
 
 
 def test_average_model_and_plot_gates_errors_are_one_line(tmp_path):
-    proc = run("wespeaker_lap.bin.average_model", "--exp_dir", str(tmp_path), "--num", "2")
+    proc = run("wespeaker_lap.bin.average_model", "--exp_dir", str(tmp_path), "averaging.num_average=2")
     assert one_error(proc, "average_model")
     proc = run("wespeaker_lap.bin.plot_gates", "--model", str(tmp_path / "nope.pt"), "--wav", "a.wav",
                "--out", str(tmp_path / "g.png"))
