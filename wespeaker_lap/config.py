@@ -90,15 +90,39 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training data: a Kaldi data directory, crops, speed perturbation, augmentation."""
+    """Training data: a Kaldi data directory (raw files) or its tar shards, crops, speed perturbation, augmentation.
+
+    ``format: shard`` reads the shards that ``wespeaker_lap.bin.make_shards`` wrote (``shard_list``,
+    default ``<train_dir>/shards/shard.list``). Each process reads ``shard_streams`` streams of shards
+    (default: one per DataLoader worker; the workers must divide it), each through an in-memory
+    shuffle buffer of ``shuffle_buffer`` crops. The data order depends on ``shard_streams``, so set it
+    to keep the order when ``num_workers`` changes (see ``wespeaker_lap.data.shard_loader``).
+    """
 
     train_dir: str = "data/vox2_dev"
+    format: Literal["raw", "shard"] = "raw"
+    shard_list: Optional[str] = None
+    shard_streams: Optional[int] = None
+    shuffle_buffer: int = 500
     crop_seconds: float = 2.0
     sample_rate: int = 16000
     speed_perturb_prob: float = 0.4  # split evenly between 0.9 and 1.1; 0 disables it
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 4
     on_bad_audio: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        for key, ok, reason in (
+            ("data.shard_streams", self.shard_streams is None or self.shard_streams >= 1, "must be >= 1 or null"),
+            ("data.shuffle_buffer", self.shuffle_buffer >= 1, "must be >= 1"),
+            ("data.num_workers", self.num_workers >= 0, "must be >= 0"),
+            ("data.shard_streams", self.shard_streams is None or self.num_workers <= 1
+             or self.shard_streams % self.num_workers == 0,
+             f"{self.shard_streams} is not a multiple of data.num_workers={self.num_workers} "
+             "(each worker reads whole streams)"),
+        ):
+            if not ok:
+                raise ConfigError(f"{key}: {reason}")
 
 
 @dataclass(frozen=True)
