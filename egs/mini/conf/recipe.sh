@@ -17,6 +17,8 @@ extract_batch_seconds=0               # one utterance per forward: bit-exact wit
 top_k=20                              # AS-Norm top-k (cohort: 30 training speakers)
 calib_trials=2000
 train_overrides=""
+data_format=raw                       # raw: read the wav.scp files; shard: tar shards written in stage 2
+utts_per_shard=25                     # utterances per shard (data_format=shard)
 
 # Config overrides that place the upstream: the tiny checkpoint of the chosen family (stage 2 writes them).
 upstream_overrides() {

@@ -15,6 +15,8 @@ extract_batch_seconds=0               # 0: one utterance per forward (exact); >0
 top_k=300                             # AS-Norm top-k (the paper uses 600)
 calib_trials=30000                    # calibration trials sampled from the training set
 train_overrides=""                    # extra key=value config overrides for every phase
+data_format=raw                       # raw: read the wav.scp files; shard: tar shards written in stage 2
+utts_per_shard=1000                   # utterances per shard (data_format=shard)
 
 # Config overrides that place the upstream: a different s3prl name (or the system's), cached weights.
 upstream_overrides() {
