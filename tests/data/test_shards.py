@@ -379,3 +379,27 @@ def test_ddp_processes_yield_equal_batch_counts_over_uneven_shards(train_dir, tm
     lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank"))
     assert len(lines) == 6 and len({line.split(": ")[1] for line in lines}) == 1  # 60 // 3 // 2 = 10 each
     assert lines[0].endswith(": 10 batches")
+
+
+@pytest.mark.parametrize("subtype,channels", [("PCM_16", 1), ("PCM_16", 2), ("PCM_24", 1), ("FLOAT", 1)])
+def test_bytes_audio_reads_what_soundfile_reads(tmp_path, subtype, channels):
+    from wespeaker_lap.data.shards import BytesAudio, pcm16_wav_layout
+
+    samples = np.random.default_rng(0).uniform(-1, 1, (3000, channels))
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, SR, subtype=subtype, format="WAV")
+    data = buffer.getvalue()
+    assert (pcm16_wav_layout(data) is not None) == (subtype == "PCM_16")  # the fast path, else soundfile
+    expected, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    if channels == 2:
+        with pytest.raises(DataError, match="2 channels, expected 1"):
+            BytesAudio("k", data, SR, "shard.tar")
+        return
+    audio = BytesAudio("k", data, SR, "shard.tar")
+    assert audio.n_samples == 3000
+    assert np.array_equal(audio.read(), expected[:, 0]) and np.array_equal(audio.read(100, 2100), expected[100:2100, 0])
+    with pytest.raises(DataError, match=r"bad audio 'k' \(shard.tar\): sample rate 16000 Hz, expected 8000"):
+        BytesAudio("k", data, 8000, "shard.tar")
+    if subtype == "PCM_16":
+        with pytest.raises(DataError, match=r"bad audio 'k' \(shard.tar\): truncated: 3000 frames declared, 14\d\d present"):
+            BytesAudio("k", data[: len(data) // 2], SR, "shard.tar")

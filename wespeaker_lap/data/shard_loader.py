@@ -135,7 +135,7 @@ class ShardTrainDataset(IterableDataset):
         self.augmenter = Augmenter.from_config(cfg.augment, cfg.sample_rate, self.bad_audio)
         self.set_epoch(epoch, start_batch)
         unused = total - world_size * self.batches_per_epoch * self.batch_size
-        logger.info("%s: %d shards, %d utterances, %d speakers, %d classes; rank %d/%d: %d streams of %d "
+        logger.info("%s: %d shards, %d utterances, %d speakers, %d classes; rank %d/%d: %d stream(s) of %d "
                     "utterances (shuffle buffer %d), %d batches of %d per epoch (%d utterances an epoch unused); "
                     "augmentation: %s", self.list_file, len(self.shards), total, self.n_speakers, self.n_classes,
                     rank, world_size, self.streams, self.stream_length, cfg.shuffle_buffer,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,17 +107,49 @@ def read_shard(shard: Shard, wanted: Optional[Sequence[bool]] = None) -> Iterato
         raise DataError(f"{shard.path}: holds {index + 1} utterances, its list gives {shard.n_utts}")
 
 
+def pcm16_wav_layout(data: bytes) -> Optional[Tuple[int, int, int, int]]:
+    """``(sample rate, channels, first data byte, frames declared)`` of a 16-bit PCM wav, else None."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        body = pos + 8
+        if chunk == b"fmt " and size >= 16 and body + 16 <= len(data):
+            fmt = struct.unpack_from("<HHIIHH", data, body)  # format, channels, rate, byte rate, align, bits
+        elif chunk == b"data":
+            if fmt is None:
+                return None
+            tag, channels, rate, _, align, bits = fmt
+            if tag != 1 or bits != 16 or channels < 1 or align != 2 * channels:  # 1: plain PCM
+                return None
+            return rate, channels, body, size // align  # may be more frames than the bytes hold: truncated
+        pos = body + size + (size & 1)  # chunks are padded to an even size
+    return None
+
+
 class BytesAudio:
     """A sound file held in memory, with :class:`wespeaker_lap.data.audio.Audio`'s interface:
-    ``n_samples``, ``channels`` and ``read(start, stop)`` (float32 ``[n]``, mono)."""
+    ``n_samples``, ``channels`` and ``read(start, stop)`` (float32 ``[n]``, mono).
+
+    16-bit PCM wav (what the recipes write) is read straight from the bytes, the same values as
+    soundfile gives (``int16 / 32768``) at a fraction of the cost; other formats go through soundfile.
+    """
 
     def __init__(self, key: str, data: bytes, sample_rate: int, where: str):
         self.key, self.data, self.where = key, data, where
-        try:
-            with sf.SoundFile(io.BytesIO(data)) as f:
-                rate, self.n_samples, self.channels = f.samplerate, f.frames, f.channels
-        except (sf.SoundFileError, RuntimeError) as err:
-            raise self._bad(f"unreadable ({err})") from None
+        self._pcm = pcm16_wav_layout(data)
+        if self._pcm is not None:
+            rate, self.channels, first, self.n_samples = self._pcm
+            if first + 2 * self.channels * self.n_samples > len(data):
+                raise self._bad(f"truncated: {self.n_samples} frames declared, "
+                                f"{(len(data) - first) // (2 * self.channels)} present")
+        else:
+            try:
+                with sf.SoundFile(io.BytesIO(data)) as f:
+                    rate, self.n_samples, self.channels = f.samplerate, f.frames, f.channels
+            except (sf.SoundFileError, RuntimeError) as err:
+                raise self._bad(f"unreadable ({err})") from None
         if rate != sample_rate:
             raise self._bad(f"sample rate {rate} Hz, expected {sample_rate} Hz")
         if self.channels != 1:
@@ -131,6 +164,9 @@ class BytesAudio:
         stop = self.n_samples if stop is None else stop
         if not 0 <= start <= stop <= self.n_samples:
             raise ValueError(f"{self.key}: range [{start}, {stop}) outside [0, {self.n_samples}]")
+        if self._pcm is not None:
+            first = self._pcm[2] + 2 * start
+            return np.frombuffer(self.data, dtype="<i2", count=stop - start, offset=first).astype(np.float32) / 32768
         try:
             with sf.SoundFile(io.BytesIO(self.data)) as f:
                 f.seek(start)
