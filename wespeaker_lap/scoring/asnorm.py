@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Mapping, Optional, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from wespeaker_lap.scoring.embeddings import Embeddings, lookup_keys
+from wespeaker_lap.utils.console import progress as progress_bar
 
 
 def speaker_means(embeddings: Embeddings, utt2spk: Mapping[str, str], utt2spk_path: str) -> Embeddings:
@@ -60,7 +60,7 @@ def cohort_statistics(
     means = np.empty(len(queries), dtype=np.float32)
     stds = np.empty(len(queries), dtype=np.float32)
     starts = range(0, len(queries), chunk_size)
-    for start in tqdm(starts, desc="AS-Norm cohort", disable=not progress, leave=False):
+    for start in progress_bar(starts, desc="AS-Norm cohort", disable=not progress, leave=False):
         stop = start + chunk_size
         scores = np.asarray(queries[start:stop], dtype=np.float32) @ cohort_t  # [chunk, C]
         if excluded_speakers is not None:

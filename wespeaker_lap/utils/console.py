@@ -70,6 +70,10 @@ def _interval() -> float:
     return max(seconds, 0.0)
 
 
+def _now() -> float:
+    return time.monotonic()
+
+
 def _on_terminal() -> bool:
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
@@ -108,7 +112,7 @@ class ProgressLines:
         self.interval = _interval() if interval is None else interval
         self.file = file
         self.postfix = ""
-        self.start = self.last_print = time.monotonic()
+        self.start = self.last_print = _now()
         self.printed = False
         self.closed = False
 
@@ -131,7 +135,7 @@ class ProgressLines:
 
     def update(self, n: float = 1) -> None:
         self.n += n
-        now = time.monotonic()
+        now = _now()
         if not self.disable and now - self.last_print >= self.interval:
             self._print(now)
 
@@ -153,7 +157,7 @@ class ProgressLines:
             return
         self.closed = True
         if not self.disable and (self.leave or self.printed):
-            self._print(time.monotonic(), final=True)
+            self._print(_now(), final=True)
 
     def line(self, now: float, final: bool = False) -> str:
         """The progress line at time ``now``."""
