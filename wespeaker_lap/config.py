@@ -201,13 +201,23 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training data: a Kaldi data directory, crops, speed perturbation, augmentation.
+    """Training data: a Kaldi data directory (raw files) or its tar shards, crops, speed perturbation, augmentation.
 
     Audio is 16 kHz (``wespeaker_lap.data.audio.SAMPLE_RATE``), the rate of every supported upstream;
     a file at another rate is refused, naming it.
+
+    ``format: shard`` reads the shards that ``wespeaker_lap.bin.make_shards`` wrote (``shard_list``,
+    default ``<train_dir>/shards/shard.list``). Each process reads ``shard_streams`` streams of shards
+    (default: one per DataLoader worker; the workers must divide it), each through an in-memory
+    shuffle buffer of ``shuffle_buffer`` crops. The data order depends on ``shard_streams``, so set it
+    to keep the order when ``num_workers`` changes (see ``wespeaker_lap.data.shard_loader``).
     """
 
     train_dir: str = "data/vox2_dev"
+    format: Literal["raw", "shard"] = "raw"
+    shard_list: Optional[str] = None
+    shard_streams: Optional[int] = None
+    shuffle_buffer: int = 500
     crop_seconds: float = 2.0
     speed_perturb_prob: float = 0.4  # split evenly between 0.9 and 1.1; 0 disables it
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -220,6 +230,12 @@ class DataConfig:
             ("crop_seconds", self.crop_seconds > 0, "must be > 0"),
             ("speed_perturb_prob", 0 <= self.speed_perturb_prob <= 1, "must be in [0, 1]"),
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
+            ("shard_list", _optional_path(self.shard_list), "must be a non-empty path or null"),
+            ("shard_streams", self.shard_streams is None or self.shard_streams >= 1, "must be >= 1 or null"),
+            ("shard_streams", self.shard_streams is None or self.num_workers <= 1
+             or self.shard_streams % self.num_workers == 0,
+             f"must be a multiple of data.num_workers={self.num_workers} (each worker reads whole streams)"),
+            ("shuffle_buffer", self.shuffle_buffer >= 1, "must be >= 1"),
         ))
 
 

@@ -14,12 +14,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wespeaker_lap.config import EvalConfig, save_config
 from wespeaker_lap.data.audio import SAMPLE_RATE
 from wespeaker_lap.data.kaldi import DataDir, DataError, load_data_dir, read_scp, write_map, write_specifier
 from wespeaker_lap.inference import Embedder, plan_batches
+from wespeaker_lap.utils.console import progress
 from wespeaker_lap.utils.io import atomic_open
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def utterance_lengths(data: DataDir, keys: Sequence[str]) -> List[int]:
         return [int(round(data.utt2dur[k] * SAMPLE_RATE)) for k in keys]
     from wespeaker_lap.data.audio import audio_length
 
-    return [audio_length(k, data.wav_scp[k], SAMPLE_RATE) for k in tqdm(keys, desc="reading durations", leave=False)]
+    return [audio_length(k, data.wav_scp[k], SAMPLE_RATE) for k in progress(keys, desc="reading durations", leave=False)]
 
 
 def extract_shard(embedder: Embedder, data: DataDir, out_dir: Path, rank: int = 0, world: int = 1,
@@ -65,7 +65,7 @@ def extract_shard(embedder: Embedder, data: DataDir, out_dir: Path, rank: int = 
     out_dir.mkdir(parents=True, exist_ok=True)
     ark, scp = out_dir / f"xvector.{rank}.ark", out_dir / f"xvector.{rank}.scp"
     with kaldiio.WriteHelper(write_specifier(ark, scp)) as writer:
-        for batch_keys, wavs in tqdm(loader, desc=f"extract rank {rank}", disable=rank != 0):
+        for batch_keys, wavs in progress(loader, desc=f"extract rank {rank}", unit="batch", disable=rank != 0):
             for key, emb in zip(batch_keys, embedder.embed_batch(wavs)):
                 writer(key, emb)
     return scp

@@ -70,6 +70,11 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
     prepare_resources
     touch "data/.done_resources_${upstream:-$system}"
   fi
+  if [ "$data_format" = shard ]; then   # tar shards of the training set (a rerun with the same inputs does nothing)
+    echo "stage 2: tar shards of data/$train_set ($utts_per_shard utterances each)"
+    python -m wespeaker_lap.bin.make_shards --data_dir "data/$train_set" --utts_per_shard "$utts_per_shard" \
+      --nj "${nj:-$cpu_procs}"
+  fi
 fi
 
 # ---------------------------------------------------------------- 3. training, three phases
@@ -81,7 +86,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
       echo "stage 3: training $phase -> $phase_dir"
       "${launch[@]}" -m wespeaker_lap.bin.train \
         --config "conf/${phase}.yaml" --config "$system_conf" --exp_dir "$phase_dir" \
-        data.train_dir=data/$train_set data.augment.musan_list=data/musan.list \
+        data.train_dir=data/$train_set data.format=$data_format data.augment.musan_list=data/musan.list \
         data.augment.rir_list=data/rirs.list ${init[@]+"${init[@]}"} \
         ${model_overrides[@]+"${model_overrides[@]}"} ${train_overrides:-}
       touch "$phase_dir/.done"

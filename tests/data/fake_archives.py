@@ -1,7 +1,8 @@
 """Fabricated VoxCeleb, MUSAN and RIRS_NOISES archives with the official names, layouts and formats.
 
 Tiny (a few short utterances) and deterministic. The md5 sums of the joined archives go to an
-md5sum-style file, since the published sums cannot match fabricated content.
+md5sum-style file, since the published sums cannot match fabricated content; ``part_md5_file``
+writes one with the sums of the parts instead.
 """
 from __future__ import annotations
 
@@ -95,10 +96,22 @@ def split_into_parts(path: Path, part_names: Sequence[str]) -> None:
     path.unlink()
 
 
+# A VoxCeleb2 utterance that ffmpeg cannot decode (bytes that are no MP4), added with ``bad_m4a``.
+BAD_VOX2 = "id00015/0fijmz4vTVU/00002"
+
+
 @dataclass
 class FakeArchives:
     archive_dir: Path
     md5_file: Path  # md5sum-style sums of the joined archives; the builders append to it
+
+
+def part_md5_file(fake: FakeArchives, path: Path) -> Path:
+    """An md5sum-style file with the sum of every file in the archive folder (each part, never the joined)."""
+    lines = [f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n"
+             for p in sorted(fake.archive_dir.iterdir()) if p.is_file() and p != fake.md5_file]
+    path.write_text("".join(lines))
+    return path
 
 
 def _add_md5(fake: FakeArchives, name: str) -> None:
@@ -107,8 +120,11 @@ def _add_md5(fake: FakeArchives, name: str) -> None:
         f.write(f"{digest}  {name}\n")
 
 
-def make_fake_voxceleb(archive_dir: Path) -> FakeArchives:
-    """vox1 dev in 4 parts, vox1 test whole, vox2 dev (real m4a) in 8 parts, the 3 cleaned trial lists."""
+def make_fake_voxceleb(archive_dir: Path, bad_m4a: bool = False) -> FakeArchives:
+    """vox1 dev in 4 parts, vox1 test whole, vox2 dev (real m4a) in 8 parts, the 3 cleaned trial lists.
+
+    With ``bad_m4a`` the vox2 archive also holds :data:`BAD_VOX2`, an m4a that will not convert.
+    """
     archive_dir.mkdir(parents=True, exist_ok=True)
     fake = FakeArchives(archive_dir, archive_dir / "md5.txt")
     seeds = iter(range(1000))
@@ -119,7 +135,10 @@ def make_fake_voxceleb(archive_dir: Path) -> FakeArchives:
     ]
     for name, utts, prefix, ext, parts in sets:
         make = wav_bytes if ext == ".wav" else m4a_bytes
-        write_zip(archive_dir / name, {f"{prefix}{key}{ext}": make(dur, next(seeds)) for key, dur in utts.items()})
+        members = {f"{prefix}{key}{ext}": make(dur, next(seeds)) for key, dur in utts.items()}
+        if bad_m4a and ext == ".m4a":
+            members[f"{prefix}{BAD_VOX2}{ext}"] = b"\x00\x00\x00\x18ftypM4A broken beyond repair" * 20
+        write_zip(archive_dir / name, members)
         _add_md5(fake, name)
         if parts:
             split_into_parts(archive_dir / name, parts)

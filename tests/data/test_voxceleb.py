@@ -1,13 +1,16 @@
 """VoxCeleb preparation on fabricated archives with the official names, layout and formats."""
 import hashlib
 import io
+import logging
 import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ import soundfile as sf
 from wespeaker_lap.data.archives import (
     VOX1_DEV,
     VOX1_TEST,
+    VOX2_DEV,
     Archive,
     ArchiveDir,
     PrepareError,
@@ -106,19 +110,69 @@ def test_rerun_does_no_work_and_resumes_a_removed_step(archives_copy, tmp_path):
     assert prepare_voxceleb(archives, data, nj=1) == ["lists_vox2_dev"]
 
 
+def flip_byte(path: Path, at: int = 10) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupted_archive_is_an_md5_error_naming_it(archives_copy, tmp_path):
-    part = archives_copy.archive_dir / "vox1_dev_wav_partab"
-    data = bytearray(part.read_bytes())
-    data[10] ^= 0xFF
-    part.write_bytes(bytes(data))
+    flip_byte(archives_copy.archive_dir / "vox1_dev_wav_partab")
     parts = [archives_copy.archive_dir / name for name in VOX1_DEV.parts]
     actual = hashlib.md5(b"".join(p.read_bytes() for p in parts)).hexdigest()
     expected = read_md5_file(archives_copy.md5_file)["vox1_dev_wav.zip"]
-    with pytest.raises(DataError, match=f"vox1_dev_wav.zip .*md5 is {actual}, expected {expected}"):
+    # the user's table gives the joined archive's sum only: the joined parts are checked
+    with pytest.raises(DataError, match=f"vox1_dev_wav.zip \\(its 4 parts joined in .*md5 is {actual}, "
+                                        f"expected {expected} \\(from --md5_file\\).*list the parts' sums"):
         prepare_voxceleb(archive_dir(archives_copy), tmp_path / "data")
     assert not (tmp_path / "data" / "raw_data" / "voxceleb1").exists()  # nothing extracted
     # --skip_md5 lets it through
     assert archive_dir(archives_copy, skip_md5=True).verified(VOX1_DEV) == parts
+
+
+@pytest.mark.parametrize("part", ["vox1_dev_wav_partab", "vox2_dev_aac_partah"])
+def test_a_flipped_byte_in_one_part_names_that_part_alone(archives_copy, tmp_path, part):
+    sums = read_md5_file(fake.part_md5_file(archives_copy, tmp_path / "parts.md5"))
+    assert "vox2_dev_aac_partac" in sums and "vox2_dev_aac.zip" not in sums
+    archives = ArchiveDir(archives_copy.archive_dir, md5=sums)
+    assert archives.verified(VOX2_DEV) == [archives_copy.archive_dir / p for p in VOX2_DEV.parts]  # all fine
+    flip_byte(archives_copy.archive_dir / part, at=100)
+    archive = VOX1_DEV if part.startswith("vox1") else VOX2_DEV
+    with pytest.raises(DataError) as error:
+        archives.verified(archive)
+    message = str(error.value)
+    actual = hashlib.md5((archives_copy.archive_dir / part).read_bytes()).hexdigest()
+    assert f"1 of the {len(archive.parts)} parts of {archive.name} failed the md5 check" in message
+    assert f"  {part}: md5 is {actual}, expected {sums[part]} (from --md5_file)" in message
+    assert "Download the part above again" in message
+    assert [p for p in archive.parts if p in message] == [part]  # the good parts are not named
+
+
+def test_parts_are_checked_against_the_published_part_sums(archives_copy):
+    archives = ArchiveDir(archives_copy.archive_dir)  # no user table: the published sums of the parts
+    with pytest.raises(DataError) as error:
+        archives.verified(VOX1_DEV)
+    message = str(error.value)
+    assert "4 of the 4 parts of vox1_dev_wav.zip failed" in message
+    for part, published in [("vox1_dev_wav_partaa", "e395d020928bc15670b570a21695ed96"),
+                            ("vox1_dev_wav_partad", "7bb1e9f70fddc7a678fa998ea8b3ba19")]:
+        assert f"{part}: md5 is " in message and f"expected {published} (published)" in message
+    assert "Download the parts above again" in message
+
+
+def test_md5_table_may_mix_parts_and_whole_archives(archives_copy, tmp_path):
+    parts = read_md5_file(fake.part_md5_file(archives_copy, tmp_path / "parts.md5"))
+    whole = read_md5_file(archives_copy.md5_file)
+    table = tmp_path / "mixed.txt"  # voxceleb_trainer's '<url> <md5>' lines for vox1 dev, md5sum lines else
+    table.write_text("".join(f"http://host/vox1a/{name} {parts[name]}\n" for name in VOX1_DEV.parts)
+                     + f"{whole['vox2_dev_aac.zip']}  vox2_dev_aac.zip\n")
+    archives = ArchiveDir(archives_copy.archive_dir, md5=read_md5_file(table))
+    flip_byte(archives_copy.archive_dir / "vox1_dev_wav_partac")
+    flip_byte(archives_copy.archive_dir / "vox2_dev_aac_partab")
+    with pytest.raises(DataError, match=r"1 of the 4 parts of vox1_dev_wav.zip failed.*\n  vox1_dev_wav_partac"):
+        archives.verified(VOX1_DEV)
+    with pytest.raises(DataError, match=r"vox2_dev_aac.zip \(its 8 parts joined in .*from --md5_file"):
+        archives.verified(VOX2_DEV)
 
 
 def test_missing_files_are_all_named_before_any_work(archives_copy, tmp_path):
@@ -214,13 +268,91 @@ def test_extraction_resumes_and_reads_multi_part_zips(tmp_path):
     assert kept.stat().st_mtime_ns == before  # already there: not rewritten
 
 
-def test_failed_conversion_names_the_file(tmp_path):
-    bad = tmp_path / "m4a" / "id00001" / "vid" / "00001.m4a"
-    bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"this is not an mp4 file" * 10)
-    with pytest.raises(PrepareError, match=r"00001.m4a: ffmpeg failed"):
-        convert_m4a_tree(tmp_path / "m4a", tmp_path / "wav", nj=1)
-    assert not any(p.is_file() for p in (tmp_path / "wav").rglob("*"))  # no half-written wav, no temp file
+def test_every_file_is_tried_and_the_failures_are_listed(tmp_path):
+    src, dst = tmp_path / "m4a", tmp_path / "wav"
+    keys = ["id00001/vid/00001", "id00001/vid/00002", "id00002/vid/00001"]
+    for i, key in enumerate(keys):
+        (src / f"{key}.m4a").parent.mkdir(parents=True, exist_ok=True)
+        (src / f"{key}.m4a").write_bytes(b"this is not an mp4 file" * 10 if i == 1 else fake.m4a_bytes(0.3, i))
+    failures = tmp_path / "failed.txt"
+    result = convert_m4a_tree(src, dst, nj=2, failures_file=failures)
+    assert result.converted == 2 and list(result.failed) == [keys[1]]
+    assert "ffmpeg failed" in result.failed[keys[1]]
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == \
+        [f"{keys[0]}.wav", f"{keys[2]}.wav"]  # the ones after the bad file too; no temp file left
+    assert failures.read_text().startswith(f"{keys[1]} {src / keys[1]}.m4a: ffmpeg failed")
+    (src / f"{keys[1]}.m4a").write_bytes(fake.m4a_bytes(0.3, 1))  # fixed: a rerun converts it, list removed
+    assert convert_m4a_tree(src, dst, nj=1, failures_file=failures).failed == {}
+    assert (dst / f"{keys[1]}.wav").is_file() and not failures.exists()
+
+
+def test_bad_m4a_stops_preparation_with_the_list_unless_skipped(tmp_path, caplog):
+    archives = fake.make_fake_voxceleb(tmp_path / "archives", bad_m4a=True)
+    data = tmp_path / "data"
+    listed = data / "raw_data" / "voxceleb2_failed_conversions.txt"
+    with pytest.raises(PrepareError, match=rf"1 of 4 VoxCeleb2 files would not convert .*{fake.BAD_VOX2}.*"
+                                           rf"listed in {re.escape(str(listed))}.*--skip_failed_conversions"):
+        prepare_voxceleb(archive_dir(archives), data, nj=2)
+    assert listed.read_text().startswith(f"{fake.BAD_VOX2} ")
+    converted = sorted((data / "raw_data" / "voxceleb2_wav").rglob("*.wav"))
+    assert len(converted) == 3
+    mtimes = [p.stat().st_mtime_ns for p in converted]
+    with caplog.at_level(logging.WARNING):
+        steps = prepare_voxceleb(archive_dir(archives), data, nj=2, skip_failed_conversions=True)
+    assert steps == ["convert_vox2_dev", "lists_vox1", "lists_vox2_dev", "trials_vox1"]
+    assert [p.stat().st_mtime_ns for p in converted] == mtimes  # the converted files were kept
+    assert set(load_data_dir(data / "vox2_dev").wav_scp) == set(fake.VOX2_DEV)  # the bad one left out
+    assert (data / "raw_data" / "voxceleb2_failed_m4a" / f"{fake.BAD_VOX2}.m4a").is_file()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("left out 1 of 4 VoxCeleb2 files" in m for m in messages)
+    assert any("vox2_dev: 1 utterances left out" in m for m in messages)
+
+
+FFMPEG_THAT_HANGS = """#!/bin/bash
+# the third call writes half a wav to its output, then hangs until killed
+calls=$(( $(cat "{state}/calls" 2>/dev/null || echo 0) + 1 )); echo $calls > "{state}/calls"
+if [ $calls -eq 3 ]; then
+  out="${{@: -1}}"; head -c 3000 "{half}" > "$out"; touch "{state}/hanging"; sleep 600
+fi
+exec {ffmpeg} "$@"
+"""
+
+
+def test_killed_conversion_resumes_keeping_converted_files(tmp_path):
+    src, dst, state = tmp_path / "m4a", tmp_path / "wav", tmp_path / "state"
+    state.mkdir()
+    keys = [f"id00001/vid/{i:05d}" for i in range(1, 6)]
+    for i, key in enumerate(keys):
+        (src / f"{key}.m4a").parent.mkdir(parents=True, exist_ok=True)
+        (src / f"{key}.m4a").write_bytes(fake.m4a_bytes(0.5, i))
+    (tmp_path / "half.wav").write_bytes(fake.wav_bytes(1.0, 0))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ffmpeg").write_text(FFMPEG_THAT_HANGS.format(state=state, half=tmp_path / "half.wav",
+                                                             ffmpeg=shutil.which("ffmpeg")))
+    (bin_dir / "ffmpeg").chmod(0o755)
+    code = f"from wespeaker_lap.data.voxceleb import convert_m4a_tree; convert_m4a_tree({str(src)!r}, {str(dst)!r})"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if (state / "hanging").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (state / "hanging").exists(), "the conversion did not reach the third file"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    wavs = sorted(dst.rglob("*.wav"))
+    assert [p.relative_to(dst).as_posix() for p in wavs] == [f"{k}.wav" for k in keys[:2]]  # not the half one
+    assert list(dst.rglob(".*.tmp"))  # the half-written file has only its temporary name
+    mtimes = [p.stat().st_mtime_ns for p in wavs]
+    assert convert_m4a_tree(src, dst, nj=1).failed == {}
+    assert [p.stat().st_mtime_ns for p in wavs] == mtimes
+    assert not list(dst.rglob(".*.tmp"))
+    for key in keys:
+        assert sf.info(str(dst / f"{key}.wav")).frames == pytest.approx(8000, abs=1100)
 
 
 def test_download_fetches_only_missing_files(vox_archives, tmp_path):

@@ -47,3 +47,24 @@ def test_curve_png_is_written_with_missing_values(tmp_path):
     png = tmp_path / "curve.png"
     plot_training_curve(path, png, "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_epoch_progress_is_lines_when_redirected_and_silent_off_rank_zero(capsys, monkeypatch):
+    from wespeaker_lap.training.progress import progress_bar
+    from wespeaker_lap.utils.console import PROGRESS_SECONDS_ENV, ProgressLines
+
+    monkeypatch.setenv(PROGRESS_SECONDS_ENV, "0")  # a line at every step
+    bar = progress_bar(total=4, initial=1, desc="epoch 2/5", enabled=True)  # stderr is captured: no terminal
+    assert isinstance(bar, ProgressLines)
+    for step in range(3):
+        bar.set_postfix(loss=f"{1.5 - step:.3f}", refresh=False)
+        bar.update()
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and "\r" not in "".join(lines)  # 3 updates + the epoch's final line, no frames
+    assert lines[0].startswith("epoch 2/5: 2/4 step (50%)") and lines[0].endswith("| loss=1.500")
+    assert lines[-1].startswith("epoch 2/5: 4/4 step (100%)") and lines[-1].endswith("| loss=-0.500")
+    other_rank = progress_bar(total=4, initial=0, desc="epoch 2/5", enabled=False)
+    other_rank.update()
+    other_rank.close()
+    assert capsys.readouterr().err == ""

@@ -28,11 +28,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                      epilog=f"Expected in --archive_dir:\n{EXPECTED}")
     add_archive_options(parser)
     parser.add_argument("--keep_m4a", action="store_true", help="keep the extracted VoxCeleb2 m4a files")
+    parser.add_argument("--skip_failed_conversions", action="store_true",
+                        help="leave out of vox2_dev the m4a files that ffmpeg cannot convert (they are listed and "
+                             "counted) instead of stopping")
     args = parser.parse_args(argv)
     try:
         archives = archive_dir_from_options(args, EXPECTED)
         start_prepare_logging(args, "prepare_voxceleb")
-        prepare_voxceleb(archives, args.data_dir, args.raw_dir, args.nj, args.keep_m4a)
+        prepare_voxceleb(archives, args.data_dir, args.raw_dir, args.nj, args.keep_m4a, args.skip_failed_conversions)
     except (DataError, PrepareError) as err:
         raise SystemExit(f"prepare_voxceleb: error: {err}") from None
 

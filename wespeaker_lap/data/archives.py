@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from tqdm import tqdm
 
 from wespeaker_lap.data.kaldi import DataError
+from wespeaker_lap.utils.console import progress
 from wespeaker_lap.utils.io import atomic_open, atomic_write_text
 from wespeaker_lap.utils.parallel import parallel_map
 
@@ -54,20 +54,49 @@ def _part_names(stem: str, letters: str) -> Tuple[str, ...]:
 VOX1_DEV = Archive("vox1_dev_wav.zip", _part_names("vox1_dev_wav", "abcd"))
 VOX1_TEST = Archive("vox1_test_wav.zip")
 VOX2_DEV = Archive("vox2_dev_aac.zip", _part_names("vox2_dev_aac", "abcdefgh"))
+VOX2_TEST = Archive("vox2_test_aac.zip")
 MUSAN = Archive("musan.tar.gz")
 RIRS_NOISES = Archive("rirs_noises.zip")
 
+# The published sums. VoxCeleb: one per downloadable file (each part, and the test zips) and one per
+# joined archive, as the VoxCeleb download page lists them; the same values are in
+# github.com/clovaai/voxceleb_trainer lists/fileparts.txt (parts) and lists/files.txt (joined), and in
+# PaddlePaddle/PaddleSpeech dataset/voxceleb/voxceleb2.py. MUSAN and RIRS_NOISES: OpenSLR 17 and 28, as
+# WeSpeaker's examples/voxceleb/v2/local/download_data.sh checks them.
 PUBLISHED_MD5: Dict[str, str] = {
+    "vox1_dev_wav_partaa": "e395d020928bc15670b570a21695ed96",
+    "vox1_dev_wav_partab": "bbfaaccefab65d82b21903e81a8a8020",
+    "vox1_dev_wav_partac": "017d579a2a96a077f40042ec33e51512",
+    "vox1_dev_wav_partad": "7bb1e9f70fddc7a678fa998ea8b3ba19",
     VOX1_DEV.name: "ae63e55b951748cc486645f532ba230b",
     VOX1_TEST.name: "185fdc63c3c739954633d50379a3d102",
+    "vox2_dev_aac_partaa": "da070494c573e5c0564b1d11c3b20577",
+    "vox2_dev_aac_partab": "17fe6dab2b32b48abaf1676429cdd06f",
+    "vox2_dev_aac_partac": "1de58e086c5edf63625af1cb6d831528",
+    "vox2_dev_aac_partad": "5a043eb03e15c5a918ee6a52aad477f9",
+    "vox2_dev_aac_partae": "cea401b624983e2d0b2a87fb5d59aa60",
+    "vox2_dev_aac_partaf": "fc886d9ba90ab88e7880ee98effd6ae9",
+    "vox2_dev_aac_partag": "d160ecc3f6ee3eed54d55349531cb42e",
+    "vox2_dev_aac_partah": "6b84a81b9af72a9d9eecbb3b1f602e65",
     VOX2_DEV.name: "bbc063c46078a602ca71605645c2a402",
+    VOX2_TEST.name: "0d2b3ea430a821c33263b5ea37ede312",
     MUSAN.name: "0c472d4fc0c5141eca47ad1ffeb2a7df",
     RIRS_NOISES.name: "e6f48e257286e05de56413b4779d8ffb",
 }
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_md5(field: str) -> bool:
+    return len(field) == 32 and set(field.lower()) <= _HEX
+
 
 def read_md5_file(path: Union[str, Path]) -> Dict[str, str]:
-    """Read ``md5sum`` output (``<md5>  <file name>`` lines) into {file name: md5}."""
+    """Read an md5 table into {file name: md5}; it may list parts, whole archives or both.
+
+    Lines are ``md5sum`` output (``<md5>  <file>``) or ``<file> <md5>`` (as in voxceleb_trainer's
+    ``lists/fileparts.txt``); a file may be given by a path or URL, of which its name is kept.
+    """
     table: Dict[str, str] = {}
     path = Path(path)
     if not path.is_file():
@@ -75,11 +104,15 @@ def read_md5_file(path: Union[str, Path]) -> Dict[str, str]:
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.split(maxsplit=1)
-        digest = parts[0].lower()
-        if len(parts) != 2 or len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
-            raise DataError(f"{path}:{lineno}: expected '<32 hex digits> <file name>', got {line!r}")
-        table[Path(parts[1].strip().lstrip("*")).name] = digest
+        first, last = line.split(maxsplit=1), line.rsplit(maxsplit=1)
+        if len(first) == 2 and _is_md5(first[0]):
+            digest, name = first[0], first[1].strip()
+        elif len(last) == 2 and _is_md5(last[1]):
+            name, digest = last[0].strip(), last[1]
+        else:
+            raise DataError(f"{path}:{lineno}: expected '<32 hex digits> <file name>' (or '<file name> "
+                            f"<32 hex digits>'), got {line!r}")
+        table[PurePosixPath(name.lstrip("*")).name] = digest.lower()
     return table
 
 
@@ -133,28 +166,31 @@ def open_parts(paths: Sequence[Path]) -> io.BufferedReader:
     return io.BufferedReader(ConcatenatedFile(paths), buffer_size=1 << 20)
 
 
-def md5_of(paths: Sequence[Path], label: str) -> str:
-    """The md5 of the concatenation of ``paths``, with a progress bar in bytes."""
+def md5_of(paths: Sequence[Path], bar=None) -> str:
+    """The md5 of the concatenation of ``paths``; ``bar`` (a progress bar in bytes) is advanced as it reads."""
     digest = hashlib.md5()
-    total = sum(path.stat().st_size for path in paths)
-    with open_parts(paths) as f, tqdm(total=total, desc=f"md5 {label}", unit="B", unit_scale=True) as bar:
+    with open_parts(paths) as f:
         while block := f.read(8 << 20):
             digest.update(block)
-            bar.update(len(block))
+            if bar is not None:
+                bar.update(len(block))
     return digest.hexdigest()
 
 
 class ArchiveDir:
     """The folder of official archives that the user brought, with md5 checks and optional download.
 
-    ``md5`` overrides or extends :data:`PUBLISHED_MD5`. ``url_bases`` (tried in order) are only used
-    for files that are missing; ``user``/``password`` (or ``~/.netrc``) authenticate the download.
+    ``md5`` (the user's table, e.g. from ``--md5_file``) overrides or extends :data:`PUBLISHED_MD5`;
+    it may give the sums of parts, of whole archives, or both. ``url_bases`` (tried in order) are
+    only used for files that are missing; ``user``/``password`` (or ``~/.netrc``) authenticate the
+    download.
     """
 
     def __init__(self, path: Union[str, Path], md5: Optional[Mapping[str, str]] = None, skip_md5: bool = False,
                  url_bases: Sequence[str] = (), user: Optional[str] = None, password: Optional[str] = None):
         self.path = Path(path)
-        self.md5 = {**PUBLISHED_MD5, **(md5 or {})}
+        self.user_md5 = dict(md5 or {})
+        self.md5 = {**PUBLISHED_MD5, **self.user_md5}
         self.skip_md5 = skip_md5
         self.url_bases = [base.rstrip("/") for base in url_bases]
         self.user, self.password = user, password
@@ -185,7 +221,11 @@ class ArchiveDir:
             raise DataError(f"{self.path}: missing archive files:\n" + "\n".join(lines) + "\n" + hint)
 
     def verified(self, archive: Archive) -> List[Path]:
-        """The archive's files, after checking the md5 of their concatenation."""
+        """The archive's files, after checking their md5 sums.
+
+        Parts are checked one by one, so a bad part is named alone, unless the user's table gives the
+        whole archive's sum and no part's (then the concatenation is checked) or a part has no sum.
+        """
         paths = self.files(archive)
         if paths is None:
             self.require([archive])
@@ -193,16 +233,49 @@ class ArchiveDir:
         if self.skip_md5:
             logger.warning("%s: md5 check skipped (--skip_md5)", archive.name)
             return paths
+        if self._check_parts(archive, paths):
+            self._check_each(archive, paths)
+        else:
+            self._check_joined(archive, paths)
+        return paths
+
+    def _check_parts(self, archive: Archive, paths: List[Path]) -> bool:
+        """Whether to check ``paths`` (the parts of ``archive``) one by one rather than joined: yes when
+        every part has a sum, unless the user's table gives the whole archive's sum and no part's."""
+        if paths == [self.path / archive.name] or not all(self.md5.get(p.name) for p in paths):
+            return False
+        return not (archive.name in self.user_md5 and not any(p.name in self.user_md5 for p in paths))
+
+    def _check_each(self, archive: Archive, paths: List[Path]) -> None:
+        sizes = [path.stat().st_size for path in paths]
+        bad = []
+        with progress(total=sum(sizes), desc=f"md5 {archive.name}", unit="B", unit_scale=True) as bar:
+            for path in paths:
+                actual, expected = md5_of([path], bar), self.md5[path.name]
+                if actual != expected:
+                    bad.append(f"  {path.name}: md5 is {actual}, expected {expected}{self._source(path.name)}")
+        if bad:
+            raise DataError(f"{self.path}: {len(bad)} of the {len(paths)} parts of {archive.name} failed the md5 "
+                            f"check:\n" + "\n".join(bad) + "\nDownload the part" + ("s" if len(bad) > 1 else "")
+                            + " above again; the other parts are fine.")
+        logger.info("%s: md5 of each of its %d parts ok", archive.name, len(paths))
+
+    def _check_joined(self, archive: Archive, paths: List[Path]) -> None:
         expected = self.md5.get(archive.name)
         if not expected:
             raise DataError(f"{archive.name}: no md5 known for this archive; give one in --md5_file or pass --skip_md5")
-        actual = md5_of(paths, archive.name)
+        with progress(total=sum(p.stat().st_size for p in paths), desc=f"md5 {archive.name}", unit="B",
+                      unit_scale=True) as bar:
+            actual = md5_of(paths, bar)
         if actual != expected:
-            where = ", ".join(path.name for path in paths)
-            raise DataError(f"{archive.name} ({where} in {self.path}): md5 is {actual}, expected {expected}; "
-                            "the archive is corrupt or incomplete")
+            where = paths[0].name if len(paths) == 1 else f"its {len(paths)} parts joined"
+            hint = "; list the parts' sums in --md5_file to find the bad part" if len(paths) > 1 else ""
+            raise DataError(f"{archive.name} ({where} in {self.path}): md5 is {actual}, expected {expected}"
+                            f"{self._source(archive.name)}; the archive is corrupt or incomplete{hint}")
         logger.info("%s: md5 ok", archive.name)
-        return paths
+
+    def _source(self, name: str) -> str:
+        return " (from --md5_file)" if name in self.user_md5 else " (published)"
 
     def _download(self, name: str) -> None:
         import urllib.error
@@ -214,7 +287,7 @@ class ArchiveDir:
                 with self._opener(url).open(url, timeout=60) as response:
                     size = int(response.headers.get("Content-Length") or 0) or None
                     with atomic_open(self.path / name, "wb") as out, \
-                            tqdm(total=size, desc=f"download {name}", unit="B", unit_scale=True) as bar:
+                            progress(total=size, desc=f"download {name}", unit="B", unit_scale=True) as bar:
                         while block := response.read(1 << 20):
                             out.write(block)
                             bar.update(len(block))
@@ -322,7 +395,7 @@ def _extract_zip(paths: Sequence[Path], dest: Path, label: str, nj: int) -> None
 def _extract_tar(paths: Sequence[Path], dest: Path, label: str) -> None:
     try:
         with open_parts(paths) as stream, tarfile.open(fileobj=stream, mode="r|*") as archive, \
-                tqdm(desc=f"extract {label}", unit="file") as bar:
+                progress(desc=f"extract {label}", unit="file") as bar:
             for member in archive:  # streaming: a .tar.gz is read once, front to back
                 target = _safe_member_path(dest, member.name, label)
                 if member.isdir():

@@ -1,4 +1,7 @@
-"""Deterministic, resumable training batches (see ``CONTRIBUTING.md``, "Training data").
+"""Deterministic, resumable training batches (see ``CONTRIBUTING.md``, "Training data") from raw files.
+
+This module reads ``data.format: raw`` (the files of ``wav.scp``); ``shard_loader`` reads tar shards
+through the same sample steps (``processors``) and the same interface.
 
 Batches are planned up front. Epoch ``e`` orders all utterances (sorted by key)
 by ``np.random.default_rng([seed, e]).permutation``; the order is cut into
@@ -51,12 +54,31 @@ class Corpus:
         return cls(utterances, speakers)
 
 
+def check_batching(cfg: DataConfig, global_batch_size: int, rank: int, world_size: int, seed: int) -> None:
+    """The checks shared by the raw and shard datasets."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    if global_batch_size < 1 or global_batch_size % world_size:
+        raise ValueError(f"global batch size {global_batch_size} is not a positive multiple "
+                         f"of world_size={world_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if cfg.crop_seconds <= 0:
+        raise ConfigError(f"data.crop_seconds: must be > 0, got {cfg.crop_seconds}")
+    if not 0 <= cfg.speed_perturb_prob <= 1:
+        raise ConfigError(f"data.speed_perturb_prob: must be in [0, 1], got {cfg.speed_perturb_prob}")
+
+
 def _n_classes(n_speakers: int, speed_perturb_prob: float) -> int:
     return n_speakers * (1 + len(processors.SPEED_FACTORS)) if speed_perturb_prob > 0 else n_speakers
 
 
 def n_classes(cfg: DataConfig) -> int:
     """Classifier size: speakers x 3 with speed perturbation (0.9 and 1.1 are new speakers), else speakers."""
+    if cfg.format == "shard":
+        from wespeaker_lap.data.shard_loader import shard_corpus
+
+        return _n_classes(len(shard_corpus(cfg).speakers), cfg.speed_perturb_prob)
     return _n_classes(len(load_data_dir(cfg.train_dir).speakers), cfg.speed_perturb_prob)
 
 
@@ -71,17 +93,7 @@ class TrainDataset(IterableDataset):
     def __init__(self, cfg: DataConfig, global_batch_size: int, rank: int, world_size: int,
                  seed: int, epoch: int = 0, start_batch: int = 0):
         super().__init__()
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        if global_batch_size < 1 or global_batch_size % world_size:
-            raise ValueError(f"global batch size {global_batch_size} is not a positive multiple "
-                             f"of world_size={world_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        if cfg.crop_seconds <= 0:
-            raise ConfigError(f"data.crop_seconds: must be > 0, got {cfg.crop_seconds}")
-        if not 0 <= cfg.speed_perturb_prob <= 1:
-            raise ConfigError(f"data.speed_perturb_prob: must be in [0, 1], got {cfg.speed_perturb_prob}")
+        check_batching(cfg, global_batch_size, rank, world_size, seed)
         self.cfg = cfg
         self.corpus = Corpus.from_dir(cfg.train_dir)
         self.global_batch_size = global_batch_size
@@ -160,11 +172,17 @@ def _one_torch_thread() -> Iterator[None]:
 
 def build_train_loader(cfg: DataConfig, global_batch_size: int, rank: int, world_size: int, seed: int,
                        epoch: int, start_batch: int = 0) -> Tuple[DataLoader, TrainDataset]:
-    """A DataLoader over ``TrainDataset`` (``cfg.num_workers`` workers) and the dataset itself.
+    """A DataLoader over the training dataset (``cfg.num_workers`` workers) and the dataset itself:
+    ``TrainDataset`` for ``data.format: raw``, ``shard_loader.ShardTrainDataset`` for ``shard``.
 
     For the next epoch call ``dataset.set_epoch(epoch)`` and iterate the loader again.
     """
-    dataset = TrainDataset(cfg, global_batch_size, rank, world_size, seed, epoch, start_batch)
+    if cfg.format == "shard":
+        from wespeaker_lap.data.shard_loader import ShardTrainDataset
+
+        dataset = ShardTrainDataset(cfg, global_batch_size, rank, world_size, seed, epoch, start_batch)
+    else:
+        dataset = TrainDataset(cfg, global_batch_size, rank, world_size, seed, epoch, start_batch)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
                         pin_memory=torch.cuda.is_available())
     return loader, dataset

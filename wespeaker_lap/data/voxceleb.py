@@ -6,6 +6,8 @@ Steps, each skipped on a re-run once its sentinel file records it as done:
   archive, then unpack it safely. Archives published in parts (``..._partaa`` ...) are read back to
   back in place, never joined on disk.
 * ``convert_vox2_dev``: VoxCeleb2 ``.m4a`` -> 16 kHz mono 16-bit wav with ffmpeg, ``nj`` at a time.
+  Every file is tried; the failures are listed in a file, and then the step stops unless told to
+  leave them out. A killed conversion resumes, keeping the wavs already written.
 * ``lists_vox1`` and ``lists_vox2_dev``: Kaldi dirs ``vox1_dev``, ``vox1`` (dev + test, for the E and H
   lists) and ``vox2_dev`` with ``wav.scp``, ``utt2spk``, ``spk2utt`` and ``utt2dur``; keys look like
   ``id10270/5r0dWxy17C8/00001``.
@@ -20,6 +22,7 @@ import logging
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -35,6 +38,7 @@ from wespeaker_lap.data.archives import (
     run_steps,
 )
 from wespeaker_lap.data.kaldi import DataError, read_scp, utt2spk_to_spk2utt, write_map, write_trials
+from wespeaker_lap.utils.io import atomic_write_text
 from wespeaker_lap.utils.parallel import parallel_map
 
 logger = logging.getLogger(__name__)
@@ -59,39 +63,85 @@ def require_ffmpeg() -> str:
     return path
 
 
-def _convert_m4a(job: Tuple[str, str]) -> None:
+CONVERT_TIMEOUT_SECONDS = 600  # a file ffmpeg has not converted by then counts as failed (a hung decoder)
+
+
+def _convert_m4a(job: Tuple[str, str]) -> Optional[str]:
+    """Convert one m4a to a 16 kHz mono PCM16 wav; None when done, else why it failed.
+
+    ffmpeg writes a temporary name that is renamed only once the wav reads back whole, so a killed
+    conversion never leaves a wav that looks converted.
+    """
+    import soundfile as sf
+
     m4a, wav = job
     target = Path(wav)
     if target.is_file():
-        return  # converted by an interrupted earlier run (outputs appear only complete)
+        return None  # converted by an interrupted earlier run (outputs appear only complete)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1", "-i", m4a,
            "-vn", "-ac", "1", "-ar", "16000", "-acodec", "pcm_s16le", "-f", "wav", str(tmp)]
     try:
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                timeout=CONVERT_TIMEOUT_SECONDS)
+        if result.returncode != 0:
+            reason = result.stderr.strip().splitlines()[-1:] or ["no message"]
+            return f"ffmpeg failed (exit code {result.returncode}): {reason[0][-300:]}"
+        try:
+            frames = sf.info(str(tmp)).frames
+        except RuntimeError as err:
+            return f"ffmpeg wrote an unreadable wav: {err}"
+        if frames == 0:
+            return "ffmpeg wrote an empty wav (no audio in the file)"
+        os.replace(tmp, target)
+        return None
     except FileNotFoundError:
         raise PrepareError(f"ffmpeg not found on PATH: {FFMPEG_HINT}") from None
-    if result.returncode != 0:
+    except subprocess.TimeoutExpired:
+        return f"ffmpeg did not finish within {CONVERT_TIMEOUT_SECONDS} s"
+    finally:
         tmp.unlink(missing_ok=True)
-        raise PrepareError(f"{m4a}: ffmpeg failed (exit code {result.returncode}): {result.stderr.strip()[-500:]}")
-    os.replace(tmp, target)
 
 
-def convert_m4a_tree(src_root: Union[str, Path], dst_root: Union[str, Path], nj: int = 1) -> int:
+@dataclass(frozen=True)
+class Conversion:
+    """The outcome of :func:`convert_m4a_tree`: files converted (now or by an earlier run) and those that failed."""
+
+    converted: int
+    failed: Dict[str, str]  # <spk>/<video>/<utt> -> why
+
+
+def convert_m4a_tree(src_root: Union[str, Path], dst_root: Union[str, Path], nj: int = 1,
+                     failures_file: Optional[Union[str, Path]] = None) -> Conversion:
     """Convert ``src_root/<spk>/<video>/<utt>.m4a`` to 16 kHz mono 16-bit ``dst_root/.../<utt>.wav``.
 
-    Returns the number of files; wavs already present are kept, so an interrupted run resumes.
+    Every file is tried; those that fail are returned and, when ``failures_file`` is given, listed
+    there (``<key> <m4a path>: <reason>`` lines; the file is removed when none failed). Wavs already
+    present are kept, so a killed run resumes where it stopped.
     """
     src_root, dst_root = Path(src_root), Path(dst_root)
     require_ffmpeg()
     m4as = sorted(src_root.glob("*/*/*.m4a"))
     if not m4as:
         raise DataError(f"{src_root}: no <speaker>/<video>/<utt>.m4a files to convert")
-    jobs = [(str(m4a), str(dst_root / m4a.relative_to(src_root).with_suffix(".wav"))) for m4a in m4as]
-    for _ in parallel_map(_convert_m4a, jobs, nj, desc="m4a -> wav"):
-        pass
-    return len(jobs)
+    for stale in dst_root.glob("*/*/.*.tmp"):  # temporary files of a killed run
+        stale.unlink(missing_ok=True)
+    keys = [m4a.relative_to(src_root).with_suffix("").as_posix() for m4a in m4as]
+    jobs = [(str(m4a), str(dst_root / f"{key}.wav")) for m4a, key in zip(m4as, keys)]
+    failed = {}
+    for key, (m4a, _), error in zip(keys, jobs, parallel_map(_convert_m4a, jobs, nj, desc="m4a -> wav")):
+        if error is not None:
+            failed[key] = error
+            logger.warning("%s: %s", m4a, error)
+    if failures_file is not None:
+        failures_file = Path(failures_file)
+        if failed:
+            atomic_write_text(failures_file, "".join(f"{key} {src_root / key}.m4a: {error}\n"
+                                                     for key, error in failed.items()))
+        else:
+            failures_file.unlink(missing_ok=True)
+    return Conversion(len(jobs) - len(failed), failed)
 
 
 def list_utterances(root: Union[str, Path]) -> Dict[str, str]:
@@ -163,23 +213,43 @@ def convert_trials(src: Union[str, Path], dst: Union[str, Path], known: Iterable
 
 
 def prepare_voxceleb(archives: ArchiveDir, data_dir: Union[str, Path], raw_dir: Optional[Union[str, Path]] = None,
-                     nj: int = 1, keep_m4a: bool = False) -> List[str]:
+                     nj: int = 1, keep_m4a: bool = False, skip_failed_conversions: bool = False) -> List[str]:
     """Prepare ``data_dir/{vox1_dev,vox1,vox2_dev}`` and the cleaned Vox1-O/E/H trials (see module doc).
 
     Audio is unpacked under ``raw_dir`` (default ``data_dir/raw_data``); the extracted m4a tree is
-    removed after conversion unless ``keep_m4a``. Returns the names of the steps that ran (empty when
+    removed after conversion unless ``keep_m4a``. VoxCeleb2 files that ffmpeg cannot convert are
+    listed in ``raw_dir/voxceleb2_failed_conversions.txt``; then the preparation stops, unless
+    ``skip_failed_conversions``, which leaves them out of ``vox2_dev`` (their m4a files are kept in
+    ``raw_dir/voxceleb2_failed_m4a``). Returns the names of the steps that ran (empty when
     everything was already done).
     """
     data_dir = Path(data_dir)
     raw = Path(raw_dir) if raw_dir is not None else data_dir / "raw_data"
     vox1_dev_wav, vox1_test_wav = raw / "voxceleb1" / "dev" / "wav", raw / "voxceleb1" / "test" / "wav"
     vox2_m4a, vox2_wav = raw / "voxceleb2_m4a", raw / "voxceleb2_wav"
+    failures_file = raw / "voxceleb2_failed_conversions.txt"
 
     def extract(archive: Archive, dest: Path) -> Callable[[], None]:
         return lambda: extract_archive(archives.verified(archive), dest, archive.name, nj)
 
     def convert() -> None:
-        convert_m4a_tree(vox2_m4a / "dev" / "aac", vox2_wav, nj)
+        m4a_root = vox2_m4a / "dev" / "aac"
+        result = convert_m4a_tree(m4a_root, vox2_wav, nj, failures_file)
+        if result.failed:
+            total = result.converted + len(result.failed)
+            first = next(iter(result.failed.items()))
+            if not skip_failed_conversions:
+                raise PrepareError(
+                    f"{len(result.failed)} of {total} VoxCeleb2 files would not convert to wav (the first: {first[0]}: "
+                    f"{first[1]}); all are listed in {failures_file}. The {result.converted} converted files are kept: "
+                    "re-run to retry only the failed ones, or pass --skip_failed_conversions to leave them out.")
+            for key in result.failed:
+                kept = raw / "voxceleb2_failed_m4a" / f"{key}.m4a"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(m4a_root / f"{key}.m4a", kept)
+            logger.warning("left out %d of %d VoxCeleb2 files that would not convert (--skip_failed_conversions); "
+                           "listed in %s, their m4a files kept in %s", len(result.failed), total, failures_file,
+                           raw / "voxceleb2_failed_m4a")
         if not keep_m4a:
             shutil.rmtree(vox2_m4a)
 
@@ -194,6 +264,10 @@ def prepare_voxceleb(archives: ArchiveDir, data_dir: Union[str, Path], raw_dir: 
 
     def lists_vox2() -> None:
         wavs = list_utterances(vox2_wav)
+        if failures_file.is_file():
+            left_out = len(failures_file.read_text(encoding="utf-8").splitlines())
+            logger.warning("%s: %d utterances left out (they would not convert; see %s)", data_dir / "vox2_dev",
+                           left_out, failures_file)
         write_data_dir(data_dir / "vox2_dev", wavs, wav_durations(wavs, nj))
 
     def trials() -> None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from wespeaker_lap.scoring.cosine import center_and_normalize
 from wespeaker_lap.scoring.embeddings import Embeddings, lookup_keys
+from wespeaker_lap.utils.console import progress as progress_bar
 
 
 def speaker_means(embeddings: Embeddings, utt2spk: Mapping[str, str], utt2spk_path: str) -> Embeddings:
@@ -88,7 +88,7 @@ def cohort_statistics(
     means = np.empty(len(queries), dtype=np.float32)
     stds = np.empty(len(queries), dtype=np.float32)
     starts = range(0, len(queries), chunk_size)
-    for start in tqdm(starts, desc="AS-Norm cohort", disable=not progress, leave=False):
+    for start in progress_bar(starts, desc="AS-Norm cohort", disable=not progress, leave=False):
         stop = start + chunk_size
         scores = np.asarray(queries[start:stop], dtype=np.float32) @ cohort_t  # [chunk, C]
         if excluded_speakers is not None:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple, TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
 from wespeaker_lap.data.kaldi import DataError, Trial, refuse_pipe, read_scp
+from wespeaker_lap.utils.console import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -71,7 +71,7 @@ def _first_line_naming(path: str | Path, key: str) -> int | str:
     return "?"
 
 
-def _scan_ark(ark: str, wanted_offsets: set, bar: tqdm) -> Dict[int, np.ndarray]:
+def _scan_ark(ark: str, wanted_offsets: set, bar) -> Dict[int, np.ndarray]:
     """Read ``ark`` front to back; return the arrays whose data starts at one of ``wanted_offsets``."""
     import kaldiio
 
@@ -109,7 +109,7 @@ def read_embeddings(scp: str | Path, progress: bool = True) -> Embeddings:
             others.append(pos)
 
     vectors: List[np.ndarray | None] = [None] * len(entries)
-    bar = tqdm(total=len(entries), desc=f"read {scp.name}", unit="emb", disable=not progress, leave=False)
+    bar = progress_bar(total=len(entries), desc=f"read {scp.name}", unit="emb", disable=not progress, leave=False)
     for ark, wanted in by_ark.items():
         if not Path(ark).is_file():
             raise DataError(

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Callable, Tuple
 
 import numpy as np
-from tqdm import tqdm
+
+from wespeaker_lap.utils.console import progress as progress_bar
 
 Rates = Tuple[np.ndarray, np.ndarray]  # (p_miss, p_fa), each [m + 1]
 
@@ -137,7 +138,7 @@ def bootstrap_ci(
     nontargets_below = np.zeros(m + 1, dtype=np.int64)
     p_miss, p_fa = np.empty(m + 1), np.empty(m + 1)
     values = np.empty(n_boot)
-    for b in tqdm(range(n_boot), desc="bootstrap", leave=False, disable=not progress):
+    for b in progress_bar(range(n_boot), desc="bootstrap", leave=False, disable=not progress):
         target_draw = target_groups[rng.integers(0, n_target, n_target)]
         nontarget_draw = nontarget_groups[rng.integers(0, n_nontarget, n_nontarget)]
         np.cumsum(np.bincount(target_draw, minlength=m), out=targets_below[1:])

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from wespeaker_lap.data.kaldi import DataError, Trial
 from wespeaker_lap.scoring.metrics import (
@@ -24,6 +23,7 @@ from wespeaker_lap.scoring.metrics import (
     error_rates,
     min_dcf_from_rates,
 )
+from wespeaker_lap.utils.console import progress as progress_bar
 from wespeaker_lap.utils.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def report_system(
         if missing:
             raise DataError(f"{scores_dir / variant}: no score file {missing[0]}.score")
         metrics, curves = {}, {}
-        for name in tqdm(names, desc=f"{system} {variant}", leave=False):
+        for name in progress_bar(names, desc=f"{system} {variant}", leave=False):
             scores, labels = read_scores(files[name])
             try:
                 metrics[name] = evaluate(scores, labels, n_boot=n_boot)

@@ -1,4 +1,4 @@
-"""Training progress: the rank-0 tqdm bar, the per-step JSONL metrics log and the training-curve PNG."""
+"""Training progress: the rank-0 progress bar (or lines), the per-step JSONL metrics log and the training-curve PNG."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from tqdm import tqdm
-
+from wespeaker_lap.utils.console import progress
 from wespeaker_lap.utils.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -16,9 +15,10 @@ logger = logging.getLogger(__name__)
 CURVE_FIELDS = ("loss", "acc", "lr", "margin")
 
 
-def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
-    """A tqdm bar over the optimizer steps of one epoch (silent when not ``enabled``)."""
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled)
+def progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    """Progress over the optimizer steps of one epoch (silent when not ``enabled``): a tqdm bar on a
+    terminal, else a line every few seconds and one at the epoch's end (``utils.console.progress``)."""
+    return progress(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled)
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:

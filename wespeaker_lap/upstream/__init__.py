@@ -1,7 +1,8 @@
 """Pre-trained upstreams (s3prl or HuggingFace) returning all hidden states ``[B, T, L, D]``.
 
 ``s3prl`` and ``transformers`` are imported inside the functions that need them, so importing this
-package is cheap.
+package is cheap. Importing it filters the known, harmless warnings of s3prl and torch
+(``wespeaker_lap.utils.console.quiet_third_party_warnings``).
 """
 from wespeaker_lap.upstream.cache import (
     UpstreamError,
@@ -13,6 +14,9 @@ from wespeaker_lap.upstream.cache import (
 )
 from wespeaker_lap.upstream.trust import UntrustedCheckpointError
 from wespeaker_lap.upstream.upstream import Upstream
+from wespeaker_lap.utils.console import quiet_third_party_warnings
+
+quiet_third_party_warnings()
 
 __all__ = [
     "UntrustedCheckpointError",

@@ -5,7 +5,7 @@ import contextlib
 import multiprocessing
 from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
-from tqdm import tqdm
+from wespeaker_lap.utils.console import progress
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -19,7 +19,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], nj: int, desc: str, u
     exception raised by ``fn`` stops the pool and propagates.
     """
     parallel = nj > 1 and len(items) > 1
-    with tqdm(total=len(items) if total is None else total, desc=desc, unit=unit) as bar, \
+    with progress(total=len(items) if total is None else total, desc=desc, unit=unit) as bar, \
             (multiprocessing.Pool(nj) if parallel else contextlib.nullcontext()) as pool:
         results = pool.imap(fn, items, max(1, min(64, len(items) // (8 * nj)))) if parallel else map(fn, items)
         for result in results:

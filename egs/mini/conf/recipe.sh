@@ -13,6 +13,8 @@ n_utts=20                             # utterances per speaker
 augment=light                         # corpus-level noise/reverb/channel: none|light|medium
 seed=0
 train_overrides=""
+data_format=raw                       # raw: read the wav.scp files; shard: tar shards written in stage 2
+utts_per_shard=25                     # utterances per shard (data_format=shard)
 # Stages 4-6 (averaging, extraction, scoring, report) are set in conf/eval.yaml.
 
 # Config overrides that place the upstream: the tiny checkpoint of the chosen family (stage 2 writes them).

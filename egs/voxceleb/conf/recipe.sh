@@ -11,6 +11,8 @@ prepare_opts=""                       # more options of bin.prepare_voxceleb: --
 cache_dir=$PWD/s3prl_cache            # pre-staged upstream weights (stage 2 fills it)
 nj=8                                  # parallel jobs for ffmpeg and list making
 train_overrides=""                    # extra key=value config overrides for every phase
+data_format=raw                       # raw: read the wav.scp files; shard: tar shards written in stage 2
+utts_per_shard=1000                   # utterances per shard (data_format=shard)
 # Stages 4-6 (averaging, extraction, scoring, report) are set in conf/eval.yaml.
 
 # Config overrides that place the upstream: a different s3prl name (or the system's), cached weights.
