@@ -47,6 +47,7 @@ on_node0() {
 # message names the changes and HINT, and the script stops.
 step_todo() {
   local rc=0
+  step_label=$2
   sentinel.py check "$1" --what "$2" --force "$force" --hint "$3" ${settings[@]+"${settings[@]}"} || rc=$?
   case $rc in
     0) todo=skip ;;

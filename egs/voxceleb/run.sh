@@ -105,7 +105,8 @@ settings_vars() {
 if in_range 1; then
   settings=(--hash "prepare_data (conf/recipe.sh)" "$(declare -f prepare_data)")
   settings_vars $prepare_data_settings
-  step_todo data/.done_prepare "stage 1" "use --force true to prepare the data again (data/ is shared by every experiment)"
+  step_todo data/.done_prepare "stage 1" \
+    "use --force true to prepare the data again (data/ is shared by every experiment)"
   if [ "$todo" != skip ]; then
     banner "stage 1" "data preparation" "data/"
     on_node0 prepare_data
@@ -116,8 +117,8 @@ fi
 
 # ---------------------------------------------------------------- 2. upstream weights, augmentation lists, shards
 if in_range 2; then
-  settings=(--set "upstream=$upstream_name" --hash "prepare_resources (conf/recipe.sh)" "$(declare -f prepare_resources)"
-            --input "stage 1" data/.done_prepare)
+  settings=(--set "upstream=$upstream_name" --input "stage 1" data/.done_prepare
+            --hash "prepare_resources (conf/recipe.sh)" "$(declare -f prepare_resources)")
   settings_vars $prepare_resources_settings
   step_todo "data/.done_resources_$upstream_name" "stage 2" "use --force true to stage them again"
   if [ "$todo" != skip ]; then
@@ -181,7 +182,8 @@ eval_settings() {  # eval_settings SECTION...: the resolved sections of the eval
   settings+=(--lines "$(config_value.py --schema eval --flat "${sections[@]}" "${eval_opts[@]}")")
 }
 if [ "$stop_stage" -ge 4 ]; then
-  settings=(--set "train_set=$train_set" --set "eval_set=$eval_set" --after "stage 3 $last_phase" "$exp_dir/$last_phase/.done")
+  settings=(--set "train_set=$train_set" --set "eval_set=$eval_set"
+            --after "stage 3 $last_phase" "$exp_dir/$last_phase/.done")
   eval_settings averaging extraction cohort.source cohort.type
   if in_range 4; then
     step_todo "$exp_dir/.done_extract" "stage 4" "$exp_hint"

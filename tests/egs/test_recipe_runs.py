@@ -143,7 +143,8 @@ def test_two_nodes_train_and_extract_exactly_what_one_node_does(recipe, runs, mo
         assert len(emb_one) == n_utts and emb_one.keys() == emb_two.keys()
         for key, value in emb_one.items():
             assert np.array_equal(value, emb_two[key]), f"{dset} {key}"
-    assert np.array_equal(np.load(one / "embeddings" / "train_mean.npy"), np.load(two / "embeddings" / "train_mean.npy"))
+    means = [np.load(d / "embeddings" / "train_mean.npy") for d in (one, two)]
+    assert np.array_equal(*means)
 
 
 @pytest.mark.slow

@@ -61,7 +61,8 @@ def test_other_settings_stop_naming_each_change(tmp_path):
     assert proc.returncode == CHANGED
     assert proc.stderr.splitlines() == [
         f"run.sh: stage 3 phase1_frozen was done with other settings; {hint}:",
-        "  train.epochs=12, now 2", "  upstream=wavlm_local, now hubert_local", "  prepare_data (conf/recipe.sh) changed"]
+        "  train.epochs=12, now 2", "  upstream=wavlm_local, now hubert_local",
+        "  prepare_data (conf/recipe.sh) changed"]
     forced = sentinel("check", str(s), "--what", "stage 3 phase1_frozen", "--force", "true", *several)
     assert forced.returncode == RERUN and "train.epochs=12, now 2" in forced.stdout
 
@@ -79,7 +80,8 @@ def test_an_input_redone_with_other_settings_is_a_change_and_a_rerun_of_an_after
     proc = sentinel("check", str(phase2), "--what", "stage 3 phase2", *deps)
     assert proc.returncode == RERUN and "stage 3 phase1 ran again since it was done: running it again" in proc.stdout
     proc = sentinel("verify", str(phase2), "--what", "stage 3 phase2", "--hint", "run from stage 3", *deps)
-    assert proc.returncode == CHANGED and "stage 3 phase2 is out of date (stage 3 phase1 ran again since)" in proc.stderr
+    assert proc.returncode == CHANGED
+    assert "stage 3 phase2 is out of date (stage 3 phase1 ran again since)" in proc.stderr
     done_with(phase2, *deps)
     done_with(data, "--set", "n_utts=30")
     proc = sentinel("check", str(phase2), "--what", "stage 3 phase2", *deps)
