@@ -80,6 +80,7 @@ class Settings:
             if not sep or not key:
                 sys.exit(f"sentinel.py: --set {item!r}: expected KEY=VALUE")
             self.values[key] = value
+        self.set_keys = list(self.values)
         for text in args.lines:
             for line in text.splitlines():
                 if line.strip():
@@ -104,7 +105,8 @@ class Settings:
         """What differs from the sentinel ``done`` (run ids of --after steps aside), one phrase each."""
         out = []
         old_values = done.get("settings", {})
-        for key in sorted(set(old_values) | set(self.values)):
+        named = list(self.set_keys)  # the --set ones first, as given; then the others, sorted
+        for key in named + sorted((set(old_values) | set(self.values)) - set(named)):
             old, new = old_values.get(key), self.values.get(key)
             if old != new:
                 out.append(f"{key}={_shown(old)}, now {_shown(new)}")
@@ -116,8 +118,9 @@ class Settings:
         for label in sorted(set(old_inputs) | set(self.inputs)):
             old, new = old_inputs.get(label), self.inputs.get(label)
             if old != new:
-                out.append(f"{label} ({self.input_files[label]}) is not done" if new is None and label in
-                           self.input_files else f"{label} was redone with other settings")
+                file = self.input_files.get(label, "gone")
+                out.append(f"{label} is not done ({file})" if new is None else
+                           f"the output of {label} differs ({file} was done with other settings)")
         return out
 
     def stale(self, done: Dict[str, Any]) -> List[str]:
