@@ -49,9 +49,11 @@ exp_dir=${exp_dir:-exp/${system}${upstream:+_$upstream}}
 system_conf=conf/systems/${system}.yaml
 [ -f "$system_conf" ] || { echo "$0: no system config $system_conf" >&2; exit 1; }
 case "$force" in true|false) ;; *) echo "$0: --force must be true or false, got '$force'" >&2; exit 1 ;; esac
-if ! [ "$num_nodes" -ge 1 ] 2>/dev/null || ! [ "$node_rank" -ge 0 ] 2>/dev/null \
-    || [ "$node_rank" -ge "$num_nodes" ]; then
-  echo "$0: --node_rank must be in 0..$(( num_nodes - 1 )) (--num_nodes $num_nodes), got '$node_rank'" >&2; exit 1
+case "$num_nodes:$node_rank" in *[!0-9:]*|:*|*:|0*:*)
+  echo "$0: --num_nodes must be a positive and --node_rank a non-negative integer" >&2; exit 1 ;;
+esac
+if [ "$node_rank" -ge "$num_nodes" ]; then
+  echo "$0: --node_rank must be in 0..$(( num_nodes - 1 )) (--num_nodes $num_nodes), got $node_rank" >&2; exit 1
 fi
 if [ "$num_nodes" -gt 1 ] && [ -z "$rdzv_id" ]; then
   echo "$0: --num_nodes $num_nodes needs --rdzv_id ID: the same on every node and new for every job" \
