@@ -212,6 +212,27 @@ def test_average_model_and_plot_gates_errors_are_one_line(tmp_path):
     assert one_error(proc, "plot_gates") == f"{tmp_path}/nope.pt: speaker model file not found"
 
 
+def test_plot_gates_skips_only_a_backend_without_gates_when_asked(tmp_path, tiny_upstreams, exp_dir):
+    """The recipe's stage 6 passes --skip_without_gates: a SUPERB backend is a note, any other problem an error."""
+    from wespeaker_lap.config import ModelConfig, from_dict
+    from wespeaker_lap.models import build_speaker_model, save_speaker_model
+
+    cfg = from_dict(ModelConfig, {"upstream": {"name": "wavlm_local", "path": str(tiny_upstreams["wavlm"])},
+                                  "backend": {"name": "superb_astp"}})
+    model = tmp_path / "superb.pt"
+    save_speaker_model(model, build_speaker_model(cfg), cfg)
+    audio, out = wav(tmp_path / "a.wav"), tmp_path / "g.png"
+    proc = run("wespeaker_lap.bin.plot_gates", "--model", str(model), "--wav", audio, "--out", str(out),
+               "--skip_without_gates")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "backend has no LAP gates to plot" in proc.stdout and not out.exists()
+    proc = run("wespeaker_lap.bin.plot_gates", "--model", str(model), "--wav", audio, "--out", str(out))
+    assert one_error(proc, "plot_gates").endswith("backend has no LAP gates to plot")
+    proc = run("wespeaker_lap.bin.plot_gates", "--model", str(exp_dir / "final_model.pt"), "--wav",
+               str(tmp_path / "none.wav"), "--out", str(out), "--skip_without_gates")
+    assert "none.wav" in one_error(proc, "plot_gates")  # a LAP model with a missing wav is still an error
+
+
 # ----------------------------------------------------------------------------- the API
 def test_api_checks_arrays_like_files():
     from wespeaker_lap.data.kaldi import DataError

@@ -112,11 +112,18 @@ def test_read_augment_list_errors_name_file_and_line(tmp_path, line, message):
 
 
 def test_augment_list_round_trip_and_empty(tmp_path):
-    wav = tmp_path / "a.wav"
-    wav.write_bytes(fake.wav_bytes(0.1, 0))
-    entries = [AugmentEntry("b", str(wav), "noise"), AugmentEntry("a", str(wav), "mediumroom")]
+    wav, spaced = tmp_path / "a.wav", tmp_path / "my  data" / "b c.wav"  # a path may hold spaces
+    spaced.parent.mkdir()
+    for path in (wav, spaced):
+        path.write_bytes(fake.wav_bytes(0.1, 0))
+    entries = [AugmentEntry("b", str(wav), "noise"), AugmentEntry("a", str(wav), "mediumroom"),
+               AugmentEntry("c", str(spaced), "music")]
     write_augment_list(tmp_path / "x.list", entries)
     assert read_augment_list(tmp_path / "x.list") == sorted(entries)
+    for bad in (AugmentEntry("a b", str(wav), "noise"), AugmentEntry("a", f"{wav}\n", "noise"),
+                AugmentEntry("a", f" {wav}", "noise")):
+        with pytest.raises(DataError, match="cannot write"):
+            write_augment_list(tmp_path / "bad.list", [bad])
     (tmp_path / "empty.list").write_text("\n")
     with pytest.raises(DataError, match=r"empty.list: no entries"):
         read_augment_list(tmp_path / "empty.list")

@@ -43,17 +43,6 @@ def _check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tts_available() -> None:
-    probe = subprocess.run(
-        [sys.executable, "-c", "import tts_engines, tts_text, tts_voices; "
-                               "tts_engines.check_voices(tts_voices.VOICES); tts_text.sentence_pool()"],
-        cwd=LOCAL, env={**os.environ, "PYTHONPATH": f"{LOCAL}{os.pathsep}{REPO}"}, capture_output=True, text=True)
-    if probe.returncode != 0:
-        detail = "; ".join(line.strip() for line in probe.stderr.strip().splitlines()[-4:])
-        pytest.skip(f"Debian TTS packages absent (egs/mini/local/install_tts.sh installs them): {detail}")
-
-
-@pytest.fixture(scope="module")
 def corpora(tts_available, tmp_path_factory) -> Tuple[Path, Path]:
     """The same tiny corpus made twice, with --nj 1 and --nj 2."""
     root = tmp_path_factory.mktemp("mini_corpus")

@@ -1,6 +1,7 @@
 """The shared recipe script: option parsing, hooks and loud failures (no training here)."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -71,3 +72,18 @@ def test_exp_dir_follows_the_chosen_system(tmp_path):
     out = run_recipe("voxceleb", "--system", "lap_wavlm_large", "--stage", "4", "--stop_stage", "4",
                      "--force", "true")
     assert out.returncode != 0 and "exp/lap_wavlm_large/phase3_lmft" in out.stdout + out.stderr
+
+
+def test_node_options_are_checked_and_the_rendezvous_id_defaults_to_the_slurm_job():
+    out = run_recipe("voxceleb", "--num_nodes", "2", "--stage", "7")
+    assert out.returncode != 0 and "--num_nodes 2 needs --rdzv_id ID" in out.stderr
+    out = run_recipe("voxceleb", "--num_nodes", "2", "--node_rank", "2", "--rdzv_id", "j", "--stage", "7")
+    assert out.returncode != 0 and "--node_rank must be in 0..1 (--num_nodes 2), got 2" in out.stderr
+    for bad in (("--num_nodes", "0"), ("--node_rank", "-1"), ("--node_rank", "one")):
+        out = run_recipe("voxceleb", *bad, "--stage", "7")
+        assert out.returncode != 0 and "must be a positive and --node_rank a non-negative integer" in out.stderr
+    out = subprocess.run(["bash", str(REPO / "egs" / "voxceleb" / "run.sh"), "--num_nodes", "2", "--node_rank", "1",
+                          "--gpus", "", "--stage", "7"], env={**os.environ, "SLURM_JOB_ID": "77"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("run.sh: node 1 of 2 (rendezvous localhost:29400, job 77), 1 processes per node")

@@ -1,6 +1,9 @@
 """Stage 6: LAP gate heat map of one utterance.
 
     python -m wespeaker_lap.bin.plot_gates --model exp/final_model.pt --wav a.wav --out exp/lap_gates.png
+
+A model whose backend has no LAP gates is an error, or, with ``--skip_without_gates`` (the recipe's
+stage 6), a note and exit status 0.
 """
 from __future__ import annotations
 
@@ -19,10 +22,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--allow_upstream_mismatch", action="store_true",
                    help="go on (with a warning) when the upstream checkpoint is not the one the model was trained with")
+    p.add_argument("--skip_without_gates", action="store_true",
+                   help="a backend without LAP gates is not an error: say so and write nothing")
     args = p.parse_args(argv)
-    model, _ = load_speaker_model(args.model, allow_upstream_mismatch=args.allow_upstream_mismatch)
+    model, model_file = load_speaker_model(args.model, allow_upstream_mismatch=args.allow_upstream_mismatch)
     if not hasattr(model.backend, "layer_gates"):
-        raise SystemExit(f"{args.model}: backend has no LAP gates to plot")
+        message = f"{args.model}: the {model_file.model_config.backend.name} backend has no LAP gates to plot"
+        if args.skip_without_gates:
+            print(f"{message}; no {args.out}")
+            return
+        raise ValueError(message)
     gates = layer_gates(model, to_waveform(args.wav))
     plot_gates(gates, args.out, title=f"LAP gates: {args.wav}")
     print(f"wrote {args.out} ({gates.shape[0]} layers x {gates.shape[1]} frames)")

@@ -1,5 +1,7 @@
 """MUSAN and RIRS_NOISES lists for augmentation: ``<key> <path> <type>`` lines.
 
+The key is the first field and the type the last, so the path between them may hold spaces.
+
 The type is a column of the list, written here from the corpus layout and never inferred from the
 key at training time (a re-split corpus with one more directory level then cannot silently change
 the SNR ranges, WeSpeaker issue #263).
@@ -46,7 +48,7 @@ class AugmentEntry(NamedTuple):
 
 
 def read_augment_list(path: Union[str, Path], types: Sequence[str] = MUSAN_TYPES + RIR_TYPES) -> List[AugmentEntry]:
-    """Read ``<key> <path> <type>`` lines; ``types`` are those allowed (e.g. :data:`MUSAN_TYPES`).
+    """Read ``<key> <path> <type>`` lines (the path may hold spaces); ``types`` are those allowed.
 
     A line with a missing column, an unknown type, a duplicated key or an audio file that does not
     exist is an error naming the list and the line.
@@ -57,7 +59,8 @@ def read_augment_list(path: Union[str, Path], types: Sequence[str] = MUSAN_TYPES
     entries: List[AugmentEntry] = []
     seen = set()
     for lineno, line in read_lines(path):
-        fields = line.split()
+        fields = line.split(maxsplit=1)
+        fields = [fields[0], *fields[1].rsplit(maxsplit=1)] if len(fields) == 2 else fields
         if len(fields) != 3:
             raise DataError(f"{path}:{lineno}: expected '<key> <path> <type>', got {line!r}")
         key, audio, kind = fields
@@ -75,11 +78,14 @@ def read_augment_list(path: Union[str, Path], types: Sequence[str] = MUSAN_TYPES
 
 
 def write_augment_list(path: Union[str, Path], entries: Sequence[AugmentEntry]) -> None:
-    """Write entries sorted by key, atomically; a path with whitespace is an error."""
+    """Write entries sorted by key, atomically; whitespace in a key or type, a line break in a path, or a
+    path starting or ending with whitespace is an error."""
     with atomic_open(path, "w", encoding="utf-8") as f:
         for entry in sorted(entries):
-            if any(len(field.split()) != 1 for field in entry):
-                raise DataError(f"{path}: cannot write {entry} (a field is empty or has whitespace)")
+            bad_path = not entry.path or entry.path != entry.path.strip() or "\n" in entry.path or "\r" in entry.path
+            if bad_path or any(len(field.split()) != 1 for field in (entry.key, entry.type)):
+                raise DataError(f"{path}: cannot write {entry} (an empty field, whitespace in the key or type, "
+                                "or a path with a line break or surrounding whitespace)")
             f.write(f"{entry.key} {entry.path} {entry.type}\n")
 
 
