@@ -57,6 +57,7 @@ SETTINGS: Settings = {
     "fast_fp32": lambda model, device: Embedder(model, device, FAST_SECONDS, FAST_BATCH),
     "fast_fp32_any_padding": lambda model, device: Embedder(model, device, FAST_SECONDS, FAST_BATCH, max_padding=1.0),
     "fast_bf16": lambda model, device: Embedder(model, device, FAST_SECONDS, FAST_BATCH, torch.bfloat16),
+    "fast_bf16_480s": lambda model, device: Embedder(model, device, 4 * FAST_SECONDS, 4 * FAST_BATCH, torch.bfloat16),
 }
 
 
@@ -64,9 +65,16 @@ def settings_for(device: torch.device) -> Dict[str, str]:
     """Label -> SETTINGS key, exact first; on the CPU bf16 is labelled a proxy."""
     if device.type == "cuda":
         return {"exact": "exact", "fast_bf16": "fast_bf16", "fast_fp32": "fast_fp32",
-                "fast_fp32_any_padding": "fast_fp32_any_padding"}
+                "fast_bf16_480s": "fast_bf16_480s", "fast_fp32_any_padding": "fast_fp32_any_padding"}
     return {"exact": "exact", "fast_fp32": "fast_fp32", "fast_fp32_any_padding": "fast_fp32_any_padding",
             "fast_bf16_cpu_proxy": "fast_bf16"}
+
+
+def timed_settings(device: torch.device) -> List[str]:
+    """The labels whose speed is measured (the others only for their distance to exact)."""
+    if device.type == "cuda":
+        return ["exact", "fast_bf16", "fast_fp32", "fast_bf16_480s"]
+    return ["exact", "fast_fp32", "fast_fp32_any_padding"]
 
 
 def voxceleb_like_seconds(n: int, min_seconds: float, max_seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -157,11 +165,16 @@ def part_speed(model: torch.nn.Module, device: torch.device, data: DataDir, work
                num_workers: int) -> Dict:
     labels = settings_for(device)
     embedders = {label: SETTINGS[key](model, device) for label, key in labels.items()}
-    timed = [label for label in labels if device.type == "cuda" or "proxy" not in label]
+    timed = timed_settings(device)
     n, audio = len(data.wav_scp), sum(data.utt2dur.values())
     outputs: Dict[str, Path] = {}
+    peak_gib: Dict[str, float] = {}
     for label in labels:  # warm-up (cuDNN, autocast, page cache), and the output compared below
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         outputs[label] = extract(embedders[label], data, work / "warmup" / label, num_workers)
+        if device.type == "cuda":
+            peak_gib[label] = torch.cuda.max_memory_allocated(device) / 2**30
     times: Dict[str, List[float]] = {label: [] for label in timed}
     for rep in range(reps):
         for label in timed[rep % len(timed):] + timed[:rep % len(timed)]:
@@ -172,6 +185,8 @@ def part_speed(model: torch.nn.Module, device: torch.device, data: DataDir, work
     result: Dict = {"utterances": n, "audio_seconds": audio, "settings": {}}
     for label in labels:
         row: Dict = {"description": embedders[label].description}
+        if label in peak_gib:
+            row["peak_gib"] = peak_gib[label]
         if label in times:
             stats = median_spread(times[label])
             row.update(stats, utt_per_s=n / stats["median_s"], audio_s_per_s=audio / stats["median_s"])
@@ -267,7 +282,8 @@ def print_speed(result: Dict, what: str, device: torch.device) -> None:
         close = (f"  cosine to exact: worst {row['worst_cosine']:.5f}, mean {row['mean_cosine']:.6f}"
                  if "worst_cosine" in row else "")
         print(f"  {label:20s} {speed}{close}")
-        print(f"  {'':20s} {row['description']}")
+        peak = f" (peak GPU memory {row['peak_gib']:.2f} GiB)" if "peak_gib" in row else ""
+        print(f"  {'':20s} {row['description']}{peak}")
 
 
 def print_recipe(result: Dict) -> None:
@@ -320,6 +336,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         results["gpu"] = torch.cuda.get_device_name(device)
     print(f"torch {torch.__version__}, {results.get('gpu', device)}, {torch.get_num_threads()} threads, "
           f"{args.reps} interleaved reps, {args.num_workers} loader workers")
+    if cuda:  # as stage 4 (extraction.extract_data_dir) runs
+        from wespeaker_lap.training.distributed import set_deterministic
+
+        set_deterministic(warn_only=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)

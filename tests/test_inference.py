@@ -73,6 +73,10 @@ def test_plan_batches_covers_every_item_within_limits():
     for batch in batches:
         assert len(batch) <= 3 and max(lengths[i] for i in batch) * len(batch) <= 20
     assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+    capped = plan_batches(lengths, max_batch_samples=100, max_batch_size=8, max_padding=0.25)
+    assert sorted(i for b in capped for i in b) == list(range(len(lengths)))
+    assert all(min(lengths[i] for i in b) >= 0.75 * lengths[b[0]] for b in capped)  # at most 25 % of a row padded
+    assert [[lengths[i] for i in b] for b in capped] == [[9, 9, 8, 7], [5], [3], [2], [1]]
 
 
 def extract(exp_dir, data_dir, out_dir, max_batch_seconds=0.0):
@@ -198,8 +202,10 @@ def test_extraction_modes_from_the_eval_config(exp_dir):
     assert Embedder.from_config(model, "cpu", ExtractionConfig(mode="auto")).max_batch_size == 1  # CPU: exact
     fast = Embedder.from_config(model, "cpu", ExtractionConfig(mode="fast", max_batch_seconds=2.5, max_batch_size=3,
                                                                precision="bf16"))
-    assert (fast.max_batch_samples, fast.max_batch_size) == (40000, 3)
+    assert (fast.max_batch_samples, fast.max_batch_size, fast.max_padding) == (40000, 3, 0.02)
     assert fast.autocast is None and "fp32" in fast.description  # autocast only on CUDA
+    assert fast.settings == {"mode": "fast", "device": "cpu", "precision": "fp32", "tf32": False,
+                             "max_batch_samples": 40000, "max_batch_size": 3, "max_padding": 0.02}
     if torch.cuda.is_available():
         gpu = Embedder.from_config(model, "cuda", ExtractionConfig(mode="auto", precision="fp16"))
         assert gpu.fast and gpu.autocast is torch.float16

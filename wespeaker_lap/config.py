@@ -355,7 +355,7 @@ class ExtractionConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # fast mode on a GPU only
     max_batch_seconds: float = 120.0
     max_batch_size: int = 64
-    max_padding: float = 0.05  # an utterance may be padded by at most this fraction of its batch's longest
+    max_padding: float = 0.02  # an utterance may be padded by at most this fraction of its batch's longest
     num_workers: int = 4  # audio-reading worker processes per extraction process (per GPU)
 
     def __post_init__(self) -> None:

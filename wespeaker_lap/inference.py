@@ -101,7 +101,7 @@ class Embedder:
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", max_batch_seconds: float = 0.0,
-                 max_batch_size: int = 64, autocast: Optional[torch.dtype] = None, max_padding: float = 0.05):
+                 max_batch_size: int = 64, autocast: Optional[torch.dtype] = None, max_padding: float = 0.02):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.fast = max_batch_seconds > 0

@@ -119,6 +119,11 @@ def test_scp_may_name_a_final_ark(tmp_path):
 
 
 def test_writer_refuses_what_it_cannot_write(tmp_path):
+    from wespeaker_lap.data.kaldi import DataError
+
+    for bad in ("|cat", "x.ark |"):
+        with pytest.raises(DataError, match="may not start or end with '|'"):
+            ArkWriter(tmp_path / "x.ark", tmp_path / "x.scp", ark_name=bad)
     with ArkWriter(tmp_path / "x.ark", tmp_path / "x.scp") as writer:
         with pytest.raises(ValueError, match="key without whitespace and a 1-D vector"):
             writer.write([("a b", np.zeros(3))])

@@ -52,8 +52,13 @@ class ArkWriter:
 
     def __init__(self, ark: str | os.PathLike, scp: str | os.PathLike, append: bool = False,
                  ark_name: Optional[str] = None):
+        from wespeaker_lap.data.kaldi import DataError, is_pipe
+
         self.ark, self.scp = Path(ark), Path(scp)
         self.ark_name = str(ark) if ark_name is None else ark_name
+        if is_pipe(self.ark_name):
+            raise DataError(f"{self.ark_name}: an ark named in an scp may not start or end with '|' (a reader "
+                            "would run it)")
         mode = "ab" if append else "wb"
         self._ark = open(self.ark, mode, buffering=0)
         try:
