@@ -119,9 +119,10 @@ def open_shard(out_dir: Path, rank: int, signature: Mapping[str, Any]) -> Set[st
     previous = _read_signature(sig) if sig.is_file() else None
     if previous == dict(signature):
         kept = recover_ark(ark, scp)
+        total = signature["data"]["utterances"]
         if kept:
-            log.info("%s: resuming: %d of %d embeddings kept from an earlier run", name, len(kept),
-                     signature["data"]["utterances"])
+            log.info("%s: resuming: %d of %d embeddings kept from an earlier run; embedding the other %d", name,
+                     len(kept), total, total - len(kept))
         return set(kept)
     if previous is not None or ark.exists() or scp.exists():
         if previous is None:
