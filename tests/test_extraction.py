@@ -186,7 +186,25 @@ def test_merge_drops_the_shards_of_a_run_with_more_processes(model, data, tmp_pa
     merged = dict(kaldiio.load_scp(str(merge_shards(data, tmp_path, world=2))))
     assert sorted(merged) == sorted(data.wav_scp)
     assert sorted(p.name for p in tmp_path.glob("xvector.*")) == sorted(
-        f"xvector.{rank}.{ext}" for rank in range(2) for ext in ("ark", "scp", "signature.json")) + ["xvector.scp"]
+        [f"xvector.{rank}.{ext}" for rank in range(2) for ext in ("ark", "lock", "scp", "signature.json")]
+        + ["xvector.scp"])
+
+
+def test_a_second_extraction_into_a_shard_being_written_stops(model, data, tmp_path):
+    import fcntl
+
+    from wespeaker_lap.extraction import ShardBusyError, shard_lock
+    from wespeaker_lap.utils.errors import describe
+
+    with shard_lock(tmp_path, 0):  # as a running extraction holds it
+        with pytest.raises(ShardBusyError, match=r"xvector.0.lock: another extraction is writing this shard "
+                                               rf"\(pid {os.getpid()} on .+\); wait for it") as err:
+            extract_shard(Embedder(model, "cpu"), data, tmp_path, num_workers=0)
+    assert describe(err.value).startswith(f"{tmp_path}/xvector.0.lock: another extraction")  # one line, no type
+    assert not shard_paths(tmp_path, 0)[0].exists()  # nothing was touched
+    extract_shard(Embedder(model, "cpu"), data, tmp_path, num_workers=0)  # released: it runs
+    with open(tmp_path / "xvector.0.lock") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # and released again at the end
 
 
 # ----------------------------------------------------------------------------- the real script, killed

@@ -18,15 +18,19 @@ has a signature beside it, ``xvector.<r>.signature.json``: the model file's dige
 upstream's, the embedder's settings (mode, precision, batching, device type), the data (a digest
 of this rank's keys, wav entries and batches, so also the world size) and the rank. A shard whose
 signature differs from the current run's is started over, with a log line saying what changed.
+While a process writes a shard it holds ``xvector.<r>.lock``: a second run into the same directory
+stops with an error instead of mixing its entries in.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import socket
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -89,6 +93,35 @@ def shard_paths(out_dir: Path, rank: int) -> Tuple[Path, Path, Path]:
     return tuple(stem.with_name(f"{stem.name}.{ext}") for ext in ("ark", "scp", "signature.json"))
 
 
+class ShardBusyError(RuntimeError):
+    """Another process holds the shard's lock."""
+
+
+@contextlib.contextmanager
+def shard_lock(out_dir: Path, rank: int) -> Iterator[None]:
+    """Hold ``xvector.<rank>.lock`` (``flock``): a second extraction into the same shard stops instead of mixing in."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"xvector.{rank}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ShardBusyError(f"{path}: another extraction is writing this shard ({holder}); wait for it to "
+                               "finish or stop it, then run this command again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def shard_signature(embedder: Embedder, data: DataDir, batches: Sequence[Sequence[str]], rank: int, world: int,
                     identity: Mapping[str, Any]) -> Dict[str, Any]:
     """What decides a shard's contents: ``identity`` (the model's), the embedder, the data and batches, the rank."""
@@ -146,7 +179,17 @@ def extract_shard(embedder: Embedder, data: DataDir, out_dir: Path, rank: int = 
     """
     out_dir = Path(out_dir)
     batches = shard_batches(embedder, data, rank, world)
-    done = open_shard(out_dir, rank, shard_signature(embedder, data, batches, rank, world, identity or {}))
+    with shard_lock(out_dir, rank):
+        if rank == 0:  # an earlier run's merged list would point into shards that are about to change
+            (out_dir / "xvector.scp").unlink(missing_ok=True)
+        done = open_shard(out_dir, rank, shard_signature(embedder, data, batches, rank, world, identity or {}))
+        _embed_missing(embedder, data, out_dir, rank, batches, done, num_workers)
+    return shard_paths(out_dir, rank)[1]
+
+
+def _embed_missing(embedder: Embedder, data: DataDir, out_dir: Path, rank: int, batches: Sequence[Sequence[str]],
+                   done: Set[str], num_workers: int) -> None:
+    """Append the entries of ``batches`` not in ``done`` to this rank's (open, consistent) shard."""
     todo = [batch for batch in batches if any(key not in done for key in batch)]
     ark, scp, _ = shard_paths(out_dir, rank)
     loader = DataLoader(_BatchAudio(data, todo), batch_size=None, num_workers=num_workers,
@@ -172,7 +215,6 @@ def extract_shard(embedder: Embedder, data: DataDir, out_dir: Path, rank: int = 
                 write(*pending)
     finally:
         bar.close()
-    return scp
 
 
 def merge_shards(data: DataDir, out_dir: Path, world: int) -> Path:
@@ -256,8 +298,6 @@ def extract_data_dir(model_path: Path, data_dir: Path, out_dir: Path, cfg: EvalC
                                                allow_upstream_mismatch=allow_upstream_mismatch)
         embedder = Embedder.from_config(model, ctx.device, cfg.extraction)
         log.info("%s -> %s: %s", data_dir, out_dir, embedder.description)
-        if ctx.is_main:  # the shards are about to change: the old merged list would point into them
-            (out_dir / "xvector.scp").unlink(missing_ok=True)
         extract_shard(embedder, data, out_dir, ctx.rank, ctx.world_size, cfg.extraction.num_workers,
                       model_identity(model_path, model_file))
         barrier()
