@@ -2,15 +2,18 @@
 
 (speed)    utterances/s of ``extraction.extract_shard`` (the loader reading the wavs, the forwards,
            the ark/scp writes: stage 4 for one process but the merge) on synthetic utterances of
-           VoxCeleb-like lengths, for each setting: ``exact`` (one utterance per forward, fp32),
-           ``fast_fp32`` (length batches, fp32; TF32 on CUDA) and on CUDA ``fast_bf16`` (the default
-           fast mode). Interleaved repetitions, medians, ratios to exact. CUDA: a WavLM Base+-sized
-           random-init upstream and the paper's LAP+ASTP; CPU: the mini recipe's tiny upstream.
+           VoxCeleb-like lengths (in groups of similar length, as a large set's neighbours are), for
+           each setting: ``exact`` (one utterance per forward, fp32), ``fast_fp32`` (length batches,
+           fp32; TF32 on CUDA), ``fast_fp32_any_padding`` (no ``max_padding`` limit), and on CUDA
+           ``fast_bf16`` (the default fast mode) and ``fast_bf16_480s`` (4x larger batches).
+           Interleaved repetitions, medians, ratios to exact; peak GPU memory. CUDA: a WavLM
+           Base+-sized random-init upstream and the paper's LAP+ASTP; CPU: the mini recipe's tiny upstream.
 (fidelity) per fast setting, the cosine of each embedding to its exact one on the same utterances
            (worst and mean); on the CPU also ``fast_bf16_cpu_proxy``: CPU bf16 autocast, a proxy
            for the bf16 effect on a GPU (not the same kernels, so not the GPU's number).
 (reader)   utterances/s that one loader worker reads and pads: a GPU's fast-mode rate divided by
            it is the number of workers (``extraction.num_workers``) that GPU needs.
+(plan)     the padding fast mode's batches would hold for 1.24 M utterances of 4-20 s (simulated).
 (recipe)   with ``--exp_dir``: a trained experiment's evaluation and training sets extracted with
            each setting (the training set gives the mean and the AS-Norm cohort), the worst cosine to
            exact over the evaluation set and the EER of each scoring variant (cosine, AS-Norm,
@@ -21,6 +24,8 @@ on a shared machine; run with OMP_NUM_THREADS=1); on CUDA wall-clock seconds wit
 
     python benchmarks/bench_extraction.py [--device auto|cpu|cuda] [--out_json FILE] [--reps 5]
         [--exp_dir egs/mini/exp/lap_tiny --data_root egs/mini/data --eval_config egs/mini/conf/eval.yaml]
+    (the recipe part reads the experiment's relative paths: run it from the recipe directory, as
+     ``cd egs/mini && python ../../benchmarks/bench_extraction.py --skip_speed --exp_dir exp/lap_tiny ...``)
 """
 from __future__ import annotations
 
@@ -85,14 +90,22 @@ def voxceleb_like_seconds(n: int, min_seconds: float, max_seconds: float, rng: n
 # ----------------------------------------------------------------------------- inputs
 
 
-def synthetic_data_dir(root: Path, n: int, min_seconds: float, max_seconds: float, seed: int = 0) -> DataDir:
-    """``n`` 16-kHz PCM wavs (tones + noise with a varying envelope) of ``voxceleb_like_seconds`` lengths."""
+def synthetic_data_dir(root: Path, n: int, min_seconds: float, max_seconds: float, group: int,
+                       seed: int = 0) -> DataDir:
+    """``n`` 16-kHz PCM wavs (tones + noise with a varying envelope) of ``voxceleb_like_seconds`` lengths.
+
+    The utterances come in groups of ``group`` whose lengths lie within 1 % of each other, as the
+    neighbours in length of a large set do: fast mode's batches then fill as they would on VoxCeleb
+    (the plan part shows ~15 utterances per 120-s batch there) instead of being cut by ``max_padding``.
+    """
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
+    base = np.repeat(voxceleb_like_seconds(-(-n // group), min_seconds, max_seconds, rng), group)[:n]
+    lengths = base * (1 - rng.uniform(0, 0.01, size=n))
     wav_scp, utt2dur = {}, {}
-    for i, seconds in enumerate(voxceleb_like_seconds(n, min_seconds, max_seconds, rng)):
+    for i, seconds in enumerate(lengths):
         t = np.arange(int(seconds * SR)) / SR
         envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t + rng.uniform(0, 6))
         tones = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(100, 1200, size=3))
@@ -182,7 +195,8 @@ def part_speed(model: torch.nn.Module, device: torch.device, data: DataDir, work
             extract(embedders[label], data, work / f"rep{rep}" / label, num_workers)
             times[label].append(clock(device) - start)
     exact = read_embeddings(outputs["exact"], progress=False)
-    result: Dict = {"utterances": n, "audio_seconds": audio, "settings": {}}
+    result: Dict = {"utterances": n, "audio_seconds": audio, "settings": {},
+                    "batches": len(shard_batches(embedders["fast_fp32"], data))}
     for label in labels:
         row: Dict = {"description": embedders[label].description}
         if label in peak_gib:
@@ -274,7 +288,7 @@ def part_recipe(args: argparse.Namespace, device: torch.device, work: Path) -> D
 def print_speed(result: Dict, what: str, device: torch.device) -> None:
     unit = "wall-clock" if device.type == "cuda" else "process CPU"
     print(f"\n(speed, fidelity) {what}, {device}: {result['utterances']} synthetic utterances, "
-          f"{result['audio_seconds']:.0f} s of audio; medians of {unit} seconds")
+          f"{result['audio_seconds']:.0f} s of audio, {result['batches']} fast-mode batches; medians of {unit} seconds")
     for label, row in result["settings"].items():
         speed = (f"{row['utt_per_s']:8.1f} utt/s ({row['audio_s_per_s']:7.0f} s audio/s, spread "
                  f"{100 * row['spread']:4.1f} %)  {row['speedup_vs_exact']:5.2f}x exact"
@@ -307,6 +321,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     p.add_argument("--out_json", help="also write the results here")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--utterances", type=int, help="synthetic utterances (default: 256 on CUDA, 24 on the CPU)")
+    p.add_argument("--group", type=int, help="synthetic utterances per group of similar length (default: 16 on "
+                   "CUDA, 8 on the CPU)")
     p.add_argument("--seconds", default=None,
                    help="min,max utterance seconds (default: 4,20 on CUDA, as VoxCeleb; 2,8 on the CPU)")
     p.add_argument("--num_workers", type=int, help="loader workers (default: 4 on CUDA, 0 on the CPU)")
@@ -345,7 +361,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         work.mkdir(parents=True, exist_ok=True)
         if not args.skip_speed:
             model, what = benchmark_model(device, work)
-            data = synthetic_data_dir(work / "data", n, low, high)
+            data = synthetic_data_dir(work / "data", n, low, high, args.group or (16 if cuda else 8))
             results["model"] = what
             results["speed"] = part_speed(model, device, data, work / "speed", args.reps, args.num_workers)
             print_speed(results["speed"], what, device)
