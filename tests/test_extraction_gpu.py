@@ -65,27 +65,36 @@ def model_file(tmp_path_factory, tiny_upstreams) -> Path:
 
 
 @pytest.fixture
-def restored_globals():
-    """``extract_data_dir`` sets stage 4's global switches (deterministic kernels, logging); put them back."""
+def restored_switches():
+    """``extract_data_dir`` sets stage 4's global switches (deterministic kernels); put them back afterwards."""
     state = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
              torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
     yield
     torch.use_deterministic_algorithms(state[0], warn_only=state[1])
     (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
      torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = state[2:]
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def stage4(model_file: Path, data_dir: Path, out_dir: Path, **extraction):
+    """``extract_data_dir`` with these extraction settings (2 loader workers); the root logger's handlers kept."""
     from wespeaker_lap.extraction import extract_data_dir
     from wespeaker_lap.scoring.embeddings import read_embeddings
 
     cfg = from_dict(EvalConfig, {"extraction": {"num_workers": 2, **extraction}})
-    scp = extract_data_dir(model_file, data_dir, out_dir, cfg)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        scp = extract_data_dir(model_file, data_dir, out_dir, cfg)  # its setup_logging replaces the handlers
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
     assert scp is not None
     return read_embeddings(scp, progress=False)
 
@@ -96,7 +105,7 @@ def cosines(reference, other) -> np.ndarray:
 
 
 def test_fast_extraction_is_close_to_exact_and_exact_is_deterministic(model_file, data_dir, tmp_path,
-                                                                        restored_globals):
+                                                                        restored_switches):
     from wespeaker_lap.data.audio import read_audio
     from wespeaker_lap.extraction import shard_batches
     from wespeaker_lap.inference import Embedder
