@@ -80,6 +80,7 @@ def test_eval_config_checks_keys_and_ranges(tmp_path):
                               ("cohort.top_k=1", "cohort.top_k: must be >= 2"),
                               ("extraction.mode=quick", "extraction.mode: 'quick' is not one of"),
                               ("extraction.max_batch_seconds=0", "extraction.max_batch_seconds: must be > 0"),
+                              ("extraction.max_padding=1.5", r"extraction.max_padding: must be in \[0, 1\]"),
                               ("averaging.num_average=0", "averaging.num_average: must be >= 1 or null"),
                               ("report.lists=[a, a]", "report.lists: must be a non-empty list without repeats"),
                               ("report.n_boot=-1", "report.n_boot: must be >= 0"),

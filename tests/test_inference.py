@@ -73,6 +73,10 @@ def test_plan_batches_covers_every_item_within_limits():
     for batch in batches:
         assert len(batch) <= 3 and max(lengths[i] for i in batch) * len(batch) <= 20
     assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+    capped = plan_batches(lengths, max_batch_samples=100, max_batch_size=8, max_padding=0.25)
+    assert sorted(i for b in capped for i in b) == list(range(len(lengths)))
+    assert all(min(lengths[i] for i in b) >= 0.75 * lengths[b[0]] for b in capped)  # at most 25 % of a row padded
+    assert [[lengths[i] for i in b] for b in capped] == [[9, 9, 8, 7], [5], [3], [2], [1]]
 
 
 def extract(exp_dir, data_dir, out_dir, max_batch_seconds=0.0):
@@ -198,8 +202,10 @@ def test_extraction_modes_from_the_eval_config(exp_dir):
     assert Embedder.from_config(model, "cpu", ExtractionConfig(mode="auto")).max_batch_size == 1  # CPU: exact
     fast = Embedder.from_config(model, "cpu", ExtractionConfig(mode="fast", max_batch_seconds=2.5, max_batch_size=3,
                                                                precision="bf16"))
-    assert (fast.max_batch_samples, fast.max_batch_size) == (40000, 3)
+    assert (fast.max_batch_samples, fast.max_batch_size, fast.max_padding) == (40000, 3, 0.02)
     assert fast.autocast is None and "fp32" in fast.description  # autocast only on CUDA
+    assert fast.settings == {"mode": "fast", "device": "cpu", "precision": "fp32", "tf32": False,
+                             "max_batch_samples": 40000, "max_batch_size": 3, "max_padding": 0.02}
     if torch.cuda.is_available():
         gpu = Embedder.from_config(model, "cuda", ExtractionConfig(mode="auto", precision="fp16"))
         assert gpu.fast and gpu.autocast is torch.float16
@@ -250,10 +256,11 @@ def test_extract_script_runs_fast_mode_from_the_eval_config(exp_dir, data_dir, t
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "wespeaker_lap.bin.extract", "--model", str(exp_dir / "final_model.pt"),
                           "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "fast"), "--config", str(config),
-                          "extraction.max_batch_seconds=10"], env=env, capture_output=True, text=True)
+                          "extraction.max_batch_seconds=10", "extraction.max_padding=1"],  # lengths differ a lot
+                         env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     saved = (tmp_path / "fast" / "eval.yaml").read_text()
-    assert "mode: fast" in saved and "max_batch_seconds: 10.0" in saved
+    assert "mode: fast" in saved and "max_batch_seconds: 10.0" in saved and "max_padding: 1.0" in saved
     fast = dict(kaldiio.load_scp(str(tmp_path / "fast" / "xvector.scp")))
     assert sorted(fast) == sorted(exact)
     keys = sorted(exact)

@@ -339,25 +339,30 @@ class AveragingConfig:
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """How whole utterances are embedded.
+    """How whole utterances are embedded (stage 4).
 
     ``exact``: one utterance per forward in fp32 (TF32 off), bit-identical with the Python API.
     ``fast``: utterances batched by length (at most ``max_batch_seconds`` of padded audio and
-    ``max_batch_size`` utterances per forward); on a GPU under autocast at ``precision`` with TF32
-    allowed (on the CPU in fp32). Padding shifts the upstream's normalisation statistics a little, so
-    embeddings differ slightly from exact ones. ``auto``: fast on CUDA, exact on the CPU.
+    ``max_batch_size`` utterances per forward, each at least ``1 - max_padding`` of its batch's
+    longest); on a GPU under autocast at ``precision`` with TF32
+    allowed (on the CPU in fp32). Padding shifts the upstream's normalisation statistics a little
+    (WavLM/HuBERT Base's CNN group norm sees the zeros), so embeddings differ slightly from exact
+    ones; the README states by how much. ``auto`` (the default): fast on CUDA, exact on the CPU.
+    ``num_workers`` processes per extraction process read and pad the audio ahead of the model.
     """
 
-    mode: Literal["exact", "fast", "auto"] = "exact"
+    mode: Literal["exact", "fast", "auto"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # fast mode on a GPU only
     max_batch_seconds: float = 120.0
     max_batch_size: int = 64
-    num_workers: int = 2  # audio-reading worker processes per extraction process
+    max_padding: float = 0.02  # an utterance may be padded by at most this fraction of its batch's longest
+    num_workers: int = 4  # audio-reading worker processes per extraction process (per GPU)
 
     def __post_init__(self) -> None:
         _check_ranges([
             ("extraction.max_batch_seconds", self.max_batch_seconds > 0, f"must be > 0, got {self.max_batch_seconds}"),
             ("extraction.max_batch_size", self.max_batch_size >= 1, f"must be >= 1, got {self.max_batch_size}"),
+            ("extraction.max_padding", 0 <= self.max_padding <= 1, f"must be in [0, 1], got {self.max_padding}"),
             ("extraction.num_workers", self.num_workers >= 0, f"must be >= 0, got {self.num_workers}"),
         ])
 

@@ -5,8 +5,10 @@
     torchrun --nproc_per_node 4 -m wespeaker_lap.bin.extract ...   # one shard per process/GPU
 
 How utterances are embedded comes from the ``extraction`` section of the evaluation config
-(exact / fast / auto, precision, batching, workers). ``--mean_out`` marks a training set: it also
-writes the mean embedding there and the speaker means as ``<out_dir>/spk_xvector.scp``.
+(auto / exact / fast, precision, batching, workers). ``--mean_out`` marks a training set: it also
+writes the mean embedding there and the speaker means as ``<out_dir>/spk_xvector.scp``. Run the
+same command again after a kill or a full disk: each shard keeps its complete entries and embeds
+the rest (a shard written with other settings is started over; see ``wespeaker_lap.extraction``).
 """
 from __future__ import annotations
 
