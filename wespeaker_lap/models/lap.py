@@ -55,10 +55,33 @@ class LayerAttentivePooling(nn.Module):
         self.out_norm = nn.BatchNorm1d(out_dim)
         xavier_init_(self)
 
-    def _excite(self, stat: Tensor) -> Tensor:
-        """Per-head squeeze-excitation over layers: ``[N, h, 1, L] -> [N, h, 1, L]``."""
-        hidden = F.relu(torch.matmul(stat, self.sq_weight) + self.sq_bias)  # [N, h, 1, L//2]
-        return torch.matmul(hidden, self.ex_weight) + self.ex_bias
+    def _project(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """Input BatchNorm then the D→D projection: ``[B, T, L, D] -> [B, T, L, D]``.
+
+        The BatchNorm's scale and shift are folded into the projection, which then reads the
+        standardised input: the same function, one pass less over the input, and, when the input
+        needs no gradient (a frozen upstream), no backward through the BatchNorm at all.
+        """
+        channels_first = x.permute(0, 3, 1, 2)  # [B, D, T, L], a view
+        if isinstance(self.in_proj, nn.Identity):
+            return masked_batch_norm(self.in_norm, channels_first, mask).permute(0, 2, 3, 1)
+        standardised = masked_batch_norm(self.in_norm, channels_first, mask, affine=False)  # [B, D, T, L]
+        weight = self.in_proj.weight * self.in_norm.weight  # W diag(gamma): [D, D]
+        bias = torch.addmv(self.in_proj.bias, self.in_proj.weight, self.in_norm.bias)  # b + W beta
+        return F.linear(standardised.permute(0, 2, 3, 1), weight, bias)  # [B, T, L, D]
+
+    def _gates(self, stats: Tensor) -> Tensor:
+        """Squeeze-excitation over layers, per head, of the mean and max statistics.
+
+        ``stats[2, N, L, h]`` (mean, max) -> gates ``[N, L, h]``: one batched matmul per layer of
+        the MLP, over the heads, for both statistics at once.
+        """
+        _, n_rows, n_layers, n_heads = stats.shape
+        stats = stats.permute(3, 0, 1, 2).reshape(n_heads, 2 * n_rows, n_layers)  # [h, 2N, L]
+        hidden = F.relu(torch.baddbmm(self.sq_bias, stats, self.sq_weight))  # [h, 2N, L//2]
+        excited = torch.baddbmm(self.ex_bias, hidden, self.ex_weight)  # [h, 2N, L]
+        excited = excited.reshape(n_heads, 2, n_rows, n_layers).sum(dim=1)  # MLP(mean) + MLP(max): [h, N, L]
+        return self.gate_dropout(torch.sigmoid(excited)).permute(1, 2, 0)  # [N, L, h]
 
     def forward(
         self, x: Tensor, lengths: Optional[Tensor] = None, return_gates: bool = False
@@ -69,22 +92,17 @@ class LayerAttentivePooling(nn.Module):
                 f"LAP expects hidden states [B, T, {self.n_layers}, {self.in_dim}], got {tuple(x.shape)}"
             )
         batch, n_frames = x.shape[:2]
-        mask = frame_mask(lengths, n_frames)
+        mask = frame_mask(lengths, n_frames, device=x.device)
 
-        x = masked_batch_norm(self.in_norm, x.permute(0, 3, 1, 2), mask)  # [B, D, T, L]
-        x = self.in_proj(x.permute(0, 2, 3, 1))  # [B, T, L, D]
-        head_dim = self.in_dim // self.n_heads
-        x = x.reshape(batch * n_frames, self.n_layers, self.n_heads, head_dim)  # [BT, L, h, d]
-        x = x.permute(0, 2, 3, 1)  # [BT, h, d, L]
-
-        mean = x.mean(dim=2, keepdim=True)  # [BT, h, 1, L]
-        peak = x.max(dim=2, keepdim=True).values  # [BT, h, 1, L]
-        gates = self.gate_dropout(torch.sigmoid(self._excite(mean) + self._excite(peak)))  # [BT, h, 1, L]
-        pooled = (x * gates).max(dim=-1).values  # [BT, h, d]
+        x = self._project(x, mask)  # [B, T, L, D]
+        x = x.reshape(batch * n_frames, self.n_layers, self.n_heads, self.in_dim // self.n_heads)  # [BT, L, h, d]
+        stats = torch.stack([x.mean(dim=-1), x.max(dim=-1).values])  # per frame, layer and head: [2, BT, L, h]
+        gates = self._gates(stats)  # [BT, L, h]
+        pooled = (x * gates[..., None]).max(dim=1).values  # gate, then max over layers: [BT, h, d]
 
         pooled = pooled.reshape(batch, n_frames, self.in_dim)  # [B, T, D]
         out = masked_batch_norm(self.out_norm, self.out_proj(pooled).transpose(1, 2), mask)  # [B, out_dim, T]
         if not return_gates:
             return out
-        gates = gates.reshape(batch, n_frames, self.n_heads, self.n_layers).transpose(1, 2)  # [B, h, T, L]
+        gates = gates.reshape(batch, n_frames, self.n_layers, self.n_heads).permute(0, 3, 1, 2)  # [B, h, T, L]
         return out, gates

@@ -274,8 +274,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # the DataLoader draws a seed from the global RNG; keep it out
             batches = iter(self.loader)
         for batch in batches:
-            wavs = batch["wavs"].to(self.ctx.device, non_blocking=True)
-            wav_lens = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=self.ctx.device)
+            wavs = batch["wavs"].to(self.ctx.device, non_blocking=True)  # from pinned memory on a GPU
+            wav_lens = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long)  # on the host, where it is read
             yield wavs, wav_lens, batch["labels"].to(self.ctx.device, non_blocking=True)
 
     def _train_epoch(self, metrics: Optional[MetricsLog]) -> None:
