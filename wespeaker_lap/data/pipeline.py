@@ -12,6 +12,8 @@ Batch ``b`` of a rank is therefore a pure function of
 DataLoader worker ``w`` of ``W`` builds batches ``start_batch + w``,
 ``start_batch + w + W``, ...; the DataLoader's round-robin over workers then
 returns them in order. Resuming at ``start_batch`` reads no skipped audio.
+Workers persist across epochs: ``set_epoch`` writes the epoch and the first batch
+to shared memory, which each worker reads when the loader is iterated again.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ class TrainDataset(IterableDataset):
 
     Attributes: ``batch_size`` (per rank), ``batches_per_epoch``, ``n_speakers``,
     ``n_classes``, ``epoch``, ``start_batch``. Call ``set_epoch`` before iterating
-    a new epoch (workers are re-created per epoch, so they see it).
+    a new epoch (persistent workers see it through shared memory).
     """
 
     def __init__(self, cfg: DataConfig, global_batch_size: int, rank: int, world_size: int,
@@ -97,6 +99,7 @@ class TrainDataset(IterableDataset):
         self.crop_samples = round(cfg.crop_seconds * cfg.sample_rate)
         self.bad_audio = BadAudioHandler(cfg.on_bad_audio)
         self.augmenter = Augmenter.from_config(cfg.augment, cfg.sample_rate, self.bad_audio)
+        self._shared_position = torch.zeros(2, dtype=torch.long).share_memory_()  # (epoch, start_batch)
         self.set_epoch(epoch, start_batch)
         logger.info("%s: %d utterances, %d speakers, %d classes; rank %d/%d: %d batches of %d per epoch; "
                     "augmentation: %s", cfg.train_dir, len(self.corpus.utterances), self.n_speakers,
@@ -108,9 +111,13 @@ class TrainDataset(IterableDataset):
         if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
             raise ValueError(f"epoch {epoch} / start_batch {start_batch} out of range "
                              f"(batches_per_epoch={self.batches_per_epoch})")
-        self.epoch = epoch
-        self.start_batch = start_batch
-        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.corpus.utterances))
+        self._shared_position.copy_(torch.tensor([epoch, start_batch]))  # for workers forked earlier
+        self._use_position(epoch, start_batch)
+
+    def _use_position(self, epoch: int, start_batch: int) -> None:
+        if getattr(self, "epoch", None) != epoch:
+            self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.corpus.utterances))
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch
@@ -140,6 +147,7 @@ class TrainDataset(IterableDataset):
             return processors.collate(samples)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
+        self._use_position(*self._shared_position.tolist())  # a persistent worker's copy catches up
         worker = get_worker_info()
         worker_id, n_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         for batch in range(self.start_batch + worker_id, self.batches_per_epoch, n_workers):
@@ -162,9 +170,11 @@ def build_train_loader(cfg: DataConfig, global_batch_size: int, rank: int, world
                        epoch: int, start_batch: int = 0) -> Tuple[DataLoader, TrainDataset]:
     """A DataLoader over ``TrainDataset`` (``cfg.num_workers`` workers) and the dataset itself.
 
-    For the next epoch call ``dataset.set_epoch(epoch)`` and iterate the loader again.
+    For the next epoch call ``dataset.set_epoch(epoch)`` and iterate the loader again. The workers
+    are started once and kept (``persistent_workers``); on a GPU, batches arrive in pinned memory,
+    so that their copy to the device is asynchronous.
     """
     dataset = TrainDataset(cfg, global_batch_size, rank, world_size, seed, epoch, start_batch)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
     return loader, dataset

@@ -34,7 +34,7 @@ class Mhfa(nn.Module):
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 4 or x.shape[2] != self.n_layers or x.shape[3] != self.in_dim:
             raise ValueError(f"MHFA expects hidden states [B, T, {self.n_layers}, {self.in_dim}], got {tuple(x.shape)}")
-        mask = frame_mask(lengths, x.shape[1])
+        mask = frame_mask(lengths, x.shape[1], device=x.device)
         if mask is not None:
             x = x.masked_fill(~mask[:, :, None, None], 0.0)
         keys = self.compress_key(self.key_layers(x).transpose(1, 2))  # [B, T, cmp]

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -35,6 +35,16 @@ def resolve_amp(setting: str, device: torch.device) -> Optional[torch.dtype]:
     if setting == "bf16" and not torch.cuda.is_bf16_supported():
         raise RuntimeError("train.amp=bf16 but this GPU has no bf16 support; use fp16 or auto")
     return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: Dict[str, Any]) -> None:
+    """Load a checkpoint's GradScaler state; an empty one (written under bf16 or without AMP) into an
+    fp16 run starts from a fresh scale instead of failing (``GradScaler.load_state_dict`` refuses it)."""
+    if scaler.is_enabled() and not state:
+        logger.info("the checkpoint has no fp16 loss-scale state (it was written under bf16 or without AMP): "
+                    "starting from a fresh scale of %g", scaler.get_scale())
+        return
+    scaler.load_state_dict(state)  # a disabled scaler ignores a saved fp16 state
 
 
 class NonFiniteGuard:
