@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from wespeaker_lap.losses.cosine import sub_center_cosines
+
 MIN_MARGIN = 0.001  # at or below this margin the inter-top-K penalty is switched off
 SINE_FLOOR = 1e-12  # floor of 1 - cos² before the square root: finite gradients at cos = ±1
 
@@ -66,12 +68,8 @@ class AAMSoftmax(nn.Module):
         """float32 cosines ``[B, n_classes]`` of ``emb[B, E]``: the max over each class's sub-centres."""
         with torch.autocast(device_type=emb.device.type, enabled=False):
             emb = F.normalize(emb.float(), dim=1)
-            weight = self.weight.float()  # [K, E, C]
-            inv_norms = torch.linalg.vector_norm(weight, dim=1, keepdim=True).clamp(min=1e-12).reciprocal()
-            # emb . (w / |w|) as (emb . w) / |w|: no normalised copy of the weight, and a bmm that
-            # reads it in place (a broadcast matmul would copy it to fold the batch)
-            dots = torch.bmm(emb.expand(weight.shape[0], -1, -1), weight)  # [K, B, C]
-            return (dots * inv_norms).max(dim=0).values.clamp(-1.0, 1.0)  # [B, C]
+            cosine = sub_center_cosines(emb, self.weight.float()).max(dim=0).values  # [K, B, C] -> [B, C]
+            return cosine.clamp(-1.0, 1.0)
 
     def forward(self, emb: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
         """``emb[B, E]``, ``labels[B]`` -> (mean cross-entropy, number of correct argmax-cosine predictions).
