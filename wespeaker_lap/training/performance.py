@@ -55,15 +55,16 @@ def adam(params: Iterable[nn.Parameter], lr: float, weight_decay: float, device:
                             fused=True if device.type in ("cuda", "cpu") else None)
 
 
-def compile_model(model: nn.Module, what: str) -> None:
+def compile_model(model: nn.Module, what: str, backend: str = "inductor") -> None:
     """``torch.compile`` the model's ``backend``, ``upstream`` or both (``all``) in place (state-dict keys
-    unchanged); ``off`` does nothing. Shapes are fixed by the crop length, so each compiles once."""
+    unchanged); ``off`` does nothing. Shapes are fixed by the crop length, so each compiles once. The
+    host-side length checks split the graphs (a few graph breaks); the GPU work between them is compiled."""
     if what not in COMPILE_CHOICES:
         raise ValueError(f"train.compile must be one of {COMPILE_CHOICES}, got {what!r}")
     for part in ("backend", "upstream"):
         if what in (part, "all"):
-            getattr(model, part).compile(dynamic=False)
-            logger.info("torch.compile: %s", part)
+            getattr(model, part).compile(dynamic=False, backend=backend)
+            logger.info("torch.compile (%s): %s", backend, part)
 
 
 def accumulation_steps(batch_size: int, accum_steps: int, micro_batch_size: Optional[int], world_size: int) -> int:
