@@ -51,6 +51,8 @@ WAVLM_SIZES = {  # s3prl WavLMConfig keys of the released checkpoints (weights r
     "large": dict(extractor_mode="layer_norm", encoder_layers=24, encoder_embed_dim=1024,
                   encoder_ffn_embed_dim=4096, encoder_attention_heads=16, layer_norm_first=True,
                   normalize=True),
+    "tiny": dict(extractor_mode="default", encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
+                 encoder_attention_heads=4, layer_norm_first=False, normalize=False),  # dry runs of (c) on a CPU
 }
 _COMMON = dict(conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2", conv_bias=False,
                relative_position_embedding=True, num_buckets=320, max_distance=800, gru_rel_pos=True,
@@ -245,40 +247,57 @@ def _backend_step(module: nn.Module, x: Tensor, device: torch.device,
 
 
 def part_phases(args: argparse.Namespace, device: torch.device, work: Path) -> Dict:
-    """(c) crops/s, peak memory, upstream share and host reads of the three phases on CUDA."""
-    if device.type != "cuda":
-        print("\n(c) phases: skipped (needs CUDA)")
+    """(c) crops/s, peak memory, upstream share and host reads of the three phases (CUDA; ``--sizes tiny``
+    also runs on a CPU, to try the code)."""
+    if device.type != "cuda" and args.sizes != ["tiny"]:
+        print("\n(c) phases: skipped (needs CUDA; --sizes tiny runs a CPU dry run)")
         return {"skipped": "no CUDA"}
     configure_torch(device, deterministic=False, tf32=True)
     amp_dtype = resolve_amp("auto", device)
     micro = dict(zip(PHASES, args.micro_batches))
     results = {}
-    print(f"\n(c) phases on {torch.cuda.get_device_name(device)}, AMP {amp_dtype}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\n(c) phases on {name}, AMP {amp_dtype}")
     print(f"    {'model':<10} {'phase':>5} {'batch':>6} {'crops/s':>9} {'step ms':>9} {'upstream %':>10} "
           f"{'peak GiB':>9} {'host reads':>10}")
     for size in args.sizes:
         path = write_wavlm(size, work)
+        classifiers = {}  # phases 2 and 3 share the fine-tuned model (same classes)
         for phase, (frozen, seconds, n_classes) in PHASES.items():
-            results[f"{size}_phase{phase}"] = row = _phase(path, frozen, seconds, n_classes, micro[phase], device,
-                                                           amp_dtype, args.reps)
+            key = (frozen, n_classes)
+            if key not in classifiers:
+                classifiers.clear()
+                _free(device)
+                classifiers[key] = speaker_classifier(path, frozen, n_classes, device, amp_dtype)
+            row = _phase(classifiers[key], seconds, n_classes, micro[phase], device, amp_dtype, args.reps)
+            results[f"{size}_phase{phase}"] = row
             print(f"    {size:<10} {phase:>5} {micro[phase]:>6} {row['crops_per_s']:>9.1f} "
                   f"{row['step']['median_s'] * 1e3:>9.1f} {100 * row['upstream_share']:>9.1f}% "
                   f"{row['peak_gib']:>9.2f} {row['host_reads']:>10}", flush=True)
+            args.save(results)
+        classifiers.clear()
+        _free(device)
     return results
 
 
-def _phase(path: Path, frozen: bool, seconds: float, n_classes: int, batch: int, device: torch.device,
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _phase(classifier: SpeakerClassifier, seconds: float, n_classes: int, batch: int, device: torch.device,
            amp_dtype: Optional[torch.dtype], reps: int) -> Dict:
-    classifier = speaker_classifier(path, frozen, n_classes, device, amp_dtype)
     upstream = classifier.model.upstream
-    host_wavs = torch.randn(batch, int(seconds * SR)).pin_memory()
+    frozen = upstream.frozen
+    host_wavs = torch.randn(batch, int(seconds * SR))
+    host_wavs = host_wavs.pin_memory() if device.type == "cuda" else host_wavs
     wav_lens = torch.full((batch,), host_wavs.shape[1])
     labels = torch.randint(0, n_classes, (batch,), device=device)
     optimizer = adam([p for p in classifier.parameters() if p.requires_grad], 1e-4, 1e-5, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def autocast():
-        return torch.autocast("cuda", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
     def micro_batches():
         yield host_wavs.to(device, non_blocking=True), wav_lens, labels
@@ -297,14 +316,16 @@ def _phase(path: Path, frozen: bool, seconds: float, n_classes: int, batch: int,
             hidden.float().mean().backward()
             classifier.zero_grad(set_to_none=True)
 
-    torch.cuda.reset_peak_memory_stats(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     times = Timer(device).run({"step": step, "upstream": upstream_only}, reps, warmup=3)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
     with HostSyncCounter() as syncs:
         step()
     stats = {name: summary(t) for name, t in times.items()}
-    del classifier, optimizer
-    torch.cuda.empty_cache()
+    del optimizer
+    classifier.zero_grad(set_to_none=True)
     return {"step": stats["step"], "upstream": stats["upstream"], "crops_per_s": batch / stats["step"]["median_s"],
             "upstream_share": stats["upstream"]["median_s"] / stats["step"]["median_s"], "peak_gib": peak,
             "host_reads": syncs.total, "host_reads_by_op": dict(syncs.by_op)}
@@ -332,13 +353,21 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {args.reps} interleaved reps; "
           f"times are {'wall-clock' if device.type == 'cuda' else 'process CPU'} seconds")
     results = {"device": str(device), "torch": torch.__version__, "reps": args.reps}
+
+    def save(partial: Optional[Dict] = None, part: str = "") -> None:
+        """Write what is measured so far (a run stopped at its time limit keeps its finished rows)."""
+        if partial is not None:
+            results[part or current[0]] = partial
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+
+    args.save, current = save, [""]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         for part in args.parts.split(","):
-            results[part] = PARTS[part](args, device, work)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+            current[0] = part
+            save(PARTS[part](args, device, work), part)
     return results
 
 
