@@ -126,3 +126,15 @@ def test_input_norm_shares_statistics_across_layers():
     lap(x)
     expected = lap.in_norm.momentum * x.mean(dim=(0, 1, 2))
     torch.testing.assert_close(lap.in_norm.running_mean, expected)
+
+
+def test_gate_dropout_draws_the_official_mask():
+    """Dropout runs on the official layout [B*T, h, 1, L], so the same RNG state drops the same gates."""
+    lap = LayerAttentivePooling(L, D, OUT, HEADS, dropout=0.5).train()
+    x = torch.randn(B, T, L, D)
+    torch.manual_seed(3)
+    _, gates = lap(x, return_gates=True)  # [B, h, T, L]
+    torch.manual_seed(3)
+    kept = torch.nn.functional.dropout(torch.ones(B * T, HEADS, 1, L), 0.5) > 0  # the official gates' layout
+    kept = kept.reshape(B, T, HEADS, L).transpose(1, 2)  # [B, h, T, L]
+    assert torch.equal(gates > 0, kept)

@@ -81,7 +81,9 @@ class LayerAttentivePooling(nn.Module):
         hidden = F.relu(torch.baddbmm(self.sq_bias, stats, self.sq_weight))  # [h, 2N, L//2]
         excited = torch.baddbmm(self.ex_bias, hidden, self.ex_weight)  # [h, 2N, L]
         excited = excited.reshape(n_heads, 2, n_rows, n_layers).sum(dim=1)  # MLP(mean) + MLP(max): [h, N, L]
-        return self.gate_dropout(torch.sigmoid(excited)).permute(1, 2, 0)  # [N, L, h]
+        # Dropout on the official layout [N, h, L] (contiguous): the same RNG state drops the same gates.
+        gates = self.gate_dropout(torch.sigmoid(excited.transpose(0, 1).contiguous()))  # [N, h, L]
+        return gates.transpose(1, 2)  # [N, L, h]
 
     def forward(
         self, x: Tensor, lengths: Optional[Tensor] = None, return_gates: bool = False

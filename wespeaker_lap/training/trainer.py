@@ -10,9 +10,11 @@ Numerics follow paper.md §4: Adam with *coupled* L2 weight decay (``torch.optim
 and one LR for every parameter (head, backend and a trainable upstream alike); a warmup-cosine LR
 and the margin are updated per optimizer step. ``optim.batch_size`` and ``optim.lr`` are global: a
 process gets ``batch_size / (world_size * accum_steps)`` utterances per micro-batch (or
-``train.micro_batch_size``, from which the accumulation follows) and the LR is never rescaled. Seeds: the model is built under ``train.seed`` on every process (DDP then
-broadcasts rank 0's weights anyway); afterwards process ``r`` runs on ``seed + r`` (dropout). The
-data order depends only on ``(seed, epoch, batch)``, and every epoch reshuffles (§8.10).
+``train.micro_batch_size``, from which the accumulation follows) and the LR is never rescaled.
+Seeds: the model is built under ``train.seed`` on every process (DDP then broadcasts rank 0's
+weights anyway); afterwards process ``r`` runs on ``seed + r`` (dropout). The data order depends
+only on ``(seed, epoch, batch)``, and every epoch reshuffles (§8.10). GPU speed settings (cuDNN
+autotuning, TF32, a bf16 frozen upstream, fused Adam, ``train.compile``) live in ``performance.py``.
 """
 from __future__ import annotations
 
