@@ -3,7 +3,7 @@
 (a) ``frozen``: the phase-1 train step (frozen WavLM Base+-sized upstream, LAP+ASTP, AAM head of
     17,982 classes, Adam) against the upstream's forward alone, on the same 8 x 2-s batch.
 (b) ``backend``: LAP+ASTP forward + backward + Adam on the same hidden states (batch 16 x 99 frames,
-    L=13, D=768 and L=25, D=1024) against the previous implementation (a frozen copy below), and
+    L=13, D=768 and L=25, D=1024) against our previous implementation (a copy of it below), and
     against the authors' modules when ``--official_src DIR`` is given (they take ``[B, D, T, L]``:
     they get a view of the same tensor, channels-last, their fastest layout; they need einops).
 (c) ``phases`` (CUDA only): crops/s of phases 1, 2 and 3 at WavLM Base+ and Large size, peak
@@ -35,7 +35,9 @@ from torch.nn import functional as F
 from wespeaker_lap.config import BackendConfig, ModelConfig, UpstreamConfig
 from wespeaker_lap.losses import AAMSoftmax
 from wespeaker_lap.models import build_speaker_model
+from wespeaker_lap.models.astp import VAR_FLOOR, AttentiveStatsPooling
 from wespeaker_lap.models.backends import LapAstp
+from wespeaker_lap.models.common import masked_mean_std
 from wespeaker_lap.models.lap import LayerAttentivePooling
 from wespeaker_lap.training.performance import adam, cast_frozen_upstream, configure_torch
 from wespeaker_lap.training.step import resolve_amp, train_step
@@ -156,11 +158,28 @@ class PreviousLap(LayerAttentivePooling):
         return self.out_norm(self.out_proj(pooled).transpose(1, 2))  # [B, out_dim, T]
 
 
+class PreviousAstp(AttentiveStatsPooling):
+    """ASTP as it was before the speed work (git 6ece591): the 3C-channel context built and convolved."""
+
+    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        mean, std = masked_mean_std(x, None, VAR_FLOOR)  # [B, C, 1]
+        context = torch.cat([x, mean.expand_as(x), std.expand_as(x)], dim=1)  # [B, 3C, T]
+        scores = self.attn_out(self.attn_norm(F.relu(self.attn_in(context))))  # [B, C, T]
+        keep = self._keep_frames(None, x)[:, None, :]
+        alpha = torch.softmax(scores.masked_fill(~keep, torch.finfo(scores.dtype).min), dim=-1)
+        weighted_mean = (alpha * x).sum(dim=-1)  # [B, C]
+        weighted_var = (alpha * x.pow(2)).sum(dim=-1) - weighted_mean.pow(2)
+        pooled = torch.cat([weighted_mean, weighted_var.clamp(min=VAR_FLOOR).sqrt()], dim=1)  # [B, 2C]
+        return self.embed_norm(self.embed(self.pool_norm(pooled)))
+
+
 def previous_lap_astp(n_layers: int, in_dim: int) -> LapAstp:
+    """Our LAP+ASTP before the speed work, with the weights of a fresh ``LapAstp``."""
     backend = LapAstp(n_layers, in_dim)
-    previous = PreviousLap(n_layers, in_dim, 512, 16, 0.1)
-    previous.load_state_dict(backend.lap.state_dict())
-    backend.lap = previous
+    lap, astp = PreviousLap(n_layers, in_dim, 512, 16, 0.1), PreviousAstp(512, 192)
+    lap.load_state_dict(backend.lap.state_dict())
+    astp.load_state_dict(backend.astp.state_dict())
+    backend.lap, backend.astp = lap, astp
     return backend
 
 
