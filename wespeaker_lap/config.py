@@ -221,7 +221,7 @@ class DataConfig:
     crop_seconds: float = 2.0
     speed_perturb_prob: float = 0.4  # split evenly between 0.9 and 1.1; 0 disables it
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    num_workers: int = 4
+    num_workers: int = 3  # per process (one process per GPU): see benchmarks/bench_data_pipeline.py
     on_bad_audio: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
@@ -289,7 +289,10 @@ class TrainConfig:
     max_nonfinite_steps: int = 20  # this many non-finite steps in a row stop the run
     log_every: int = 10  # optimizer steps between train.log lines (metrics.jsonl gets every step)
     sync_batchnorm: bool = True  # SyncBatchNorm across GPUs as the authors; ignored on CPU
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic kernels; also turns cuDNN autotuning off
+    micro_batch_size: Optional[int] = None  # utterances per process and micro-batch; sets the accumulation
+    tf32: bool = True  # TF32 for fp32 matmuls/convolutions on GPUs (Ampere and newer)
+    compile: Literal["off", "backend", "upstream", "all"] = "off"  # torch.compile these parts of the model
 
     def __post_init__(self) -> None:
         _require("train", self, (("init_from", _optional_path(self.init_from), "must be a non-empty path or null"),))
@@ -304,6 +307,8 @@ class TrainConfig:
         ):
             if value < minimum:
                 raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"train.micro_batch_size: must be >= 1 or null, got {self.micro_batch_size}")
 
 
 @dataclass(frozen=True)

@@ -248,3 +248,17 @@ def test_snr_range_follows_the_type_column(train_dir, tmp_path):
         added = aug.add_noise(wav, np.random.default_rng(seed), "noise", coverage="full") - wav
         snr = 10 * np.log10(np.mean(wav.astype(np.float64) ** 2) / np.mean(added.astype(np.float64) ** 2))
         assert 29.99 <= snr <= 31.01
+
+
+def test_persistent_workers_follow_set_epoch(train_dir):
+    """Workers are started once; each new epoch (and resume point) still reaches them."""
+    reference = TrainDataset(config(train_dir), 4, 0, 1, seed=9, epoch=0)
+    loader, dataset = build_train_loader(config(train_dir, num_workers=2), 4, 0, 1, seed=9, epoch=0)
+    assert loader.persistent_workers
+    assert_same_batches(all_batches(reference), list(loader))
+    workers = loader._iterator._workers  # the processes of epoch 0
+    for epoch, start in ((1, 0), (2, 2)):
+        dataset.set_epoch(epoch, start)
+        reference.set_epoch(epoch, start)
+        assert_same_batches(all_batches(reference), list(loader))
+    assert loader._iterator._workers == workers  # not re-forked

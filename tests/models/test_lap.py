@@ -126,3 +126,47 @@ def test_input_norm_shares_statistics_across_layers():
     lap(x)
     expected = lap.in_norm.momentum * x.mean(dim=(0, 1, 2))
     torch.testing.assert_close(lap.in_norm.running_mean, expected)
+
+
+def test_gate_dropout_draws_the_official_mask():
+    """Dropout runs on the official layout [B*T, h, 1, L], so the same RNG state drops the same gates."""
+    lap = LayerAttentivePooling(L, D, OUT, HEADS, dropout=0.5).train()
+    x = torch.randn(B, T, L, D)
+    torch.manual_seed(3)
+    _, gates = lap(x, return_gates=True)  # [B, h, T, L]
+    torch.manual_seed(3)
+    kept = torch.nn.functional.dropout(torch.ones(B * T, HEADS, 1, L), 0.5) > 0  # the official gates' layout
+    kept = kept.reshape(B, T, HEADS, L).transpose(1, 2)  # [B, h, T, L]
+    assert torch.equal(gates > 0, kept)
+
+
+def _plain_gated_max(lap: LayerAttentivePooling, x: torch.Tensor, keep: torch.Tensor):
+    """Steps 2-4 in plain autograd ops, the official way (per-frame matmuls): ``x[N, L, h, d]`` -> pooled, gates."""
+    mean, peak = x.mean(dim=-1).transpose(1, 2), x.max(dim=-1).values.transpose(1, 2)  # [N, h, L]
+
+    def excite(stat):
+        hidden = torch.relu(stat.unsqueeze(-2) @ lap.sq_weight + lap.sq_bias)  # [N, h, 1, L//2]
+        return (hidden @ lap.ex_weight + lap.ex_bias).squeeze(-2)  # [N, h, L]
+
+    gates = torch.sigmoid(excite(mean) + excite(peak)) * keep  # [N, h, L]
+    return (x * gates.transpose(1, 2).unsqueeze(-1)).max(dim=1).values, gates
+
+
+def test_hand_written_backward_equals_autograd():
+    from wespeaker_lap.models.lap import _GatedLayerMax
+
+    lap = _randomised_lap().double()
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(7, L, HEADS, D // HEADS, dtype=torch.double, generator=generator, requires_grad=True)
+    keep = (torch.rand(7, HEADS, L, generator=generator, dtype=torch.double) > 0.3).double() / 0.7
+    params = [lap.sq_weight, lap.sq_bias, lap.ex_weight, lap.ex_bias]
+    pooled, gates = _GatedLayerMax.apply(x, *params, keep)
+    expected_pooled, expected_gates = _plain_gated_max(lap, x, keep)
+    torch.testing.assert_close(pooled, expected_pooled)
+    torch.testing.assert_close(gates, expected_gates)
+    probe = torch.randn(pooled.shape, dtype=torch.double, generator=generator)
+    got = torch.autograd.grad((pooled * probe).sum(), [x] + params)
+    expected = torch.autograd.grad((expected_pooled * probe).sum(), [x] + params)
+    for name, a, b in zip(["x", "sq_weight", "sq_bias", "ex_weight", "ex_bias"], got, expected):
+        torch.testing.assert_close(a, b, msg=name)
+    assert torch.autograd.gradcheck(lambda *t: _GatedLayerMax.apply(*t, keep)[0], (x, *params))

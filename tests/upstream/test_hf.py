@@ -111,3 +111,16 @@ def test_utterance_shorter_than_one_frame(tiny_hf_dir):
 def test_path_is_rejected_for_hf_names(tiny_hf_dir):
     with pytest.raises(ValueError, match="no path"):
         Upstream(f"hf:{tiny_hf_dir}", path="x.pt")
+
+
+def test_a_full_length_batch_skips_the_mask_without_changing_the_result(tiny_hf_dir):
+    """Equal-length crops run without an attention mask (no host syncs); the result is the masked one."""
+    from transformers import WavLMModel
+
+    direct = WavLMModel.from_pretrained(tiny_hf_dir).eval()
+    wavs = _wavs()  # both rows 16000 samples of signal
+    with torch.no_grad():
+        masked = direct(wavs, attention_mask=torch.ones_like(wavs, dtype=torch.long), output_hidden_states=True)
+    hidden, frame_lens = Upstream(f"hf:{tiny_hf_dir}")(wavs, torch.tensor([16000, 16000]))
+    assert frame_lens.device.type == "cpu"
+    torch.testing.assert_close(hidden, torch.stack(masked.hidden_states, dim=2), rtol=1e-5, atol=1e-5)

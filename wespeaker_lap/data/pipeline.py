@@ -15,6 +15,8 @@ Batch ``b`` of a rank is therefore a pure function of
 DataLoader worker ``w`` of ``W`` builds batches ``start_batch + w``,
 ``start_batch + w + W``, ...; the DataLoader's round-robin over workers then
 returns them in order. Resuming at ``start_batch`` reads no skipped audio.
+Workers persist across epochs: ``set_epoch`` writes the epoch and the first batch
+to shared memory, which each worker reads when the loader is iterated again.
 """
 from __future__ import annotations
 
@@ -82,12 +84,43 @@ def n_classes(cfg: DataConfig) -> int:
     return _n_classes(len(load_data_dir(cfg.train_dir).speakers), cfg.speed_perturb_prob)
 
 
-class TrainDataset(IterableDataset):
+class EpochPosition:
+    """The epoch and first batch a dataset yields, shared with persistent DataLoader workers.
+
+    ``set_epoch`` writes them to a small shared-memory tensor (workers forked earlier see it), and
+    ``catch_up`` at the start of ``__iter__`` makes a worker's copy use them. Subclasses define
+    ``batches_per_epoch`` and ``_use_position(epoch, start_batch)``.
+    """
+
+    batches_per_epoch: int
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (its data order) and the first batch to yield."""
+        if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"epoch {epoch} / start_batch {start_batch} out of range "
+                             f"(batches_per_epoch={self.batches_per_epoch})")
+        if not hasattr(self, "_shared_position"):
+            self._shared_position = torch.zeros(2, dtype=torch.long).share_memory_()  # (epoch, start_batch)
+        self._shared_position.copy_(torch.tensor([epoch, start_batch]))
+        self._use_position(epoch, start_batch)
+
+    def catch_up(self) -> None:
+        """Use the position the main process set last (a persistent worker's copy lags behind)."""
+        self._use_position(*self._shared_position.tolist())
+
+    def _use_position(self, epoch: int, start_batch: int) -> None:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+
+class TrainDataset(EpochPosition, IterableDataset):
     """Yields this rank's collated batches ``{"keys", "wavs" [B, S], "labels" [B]}`` of one epoch.
 
     Attributes: ``batch_size`` (per rank), ``batches_per_epoch``, ``n_speakers``,
     ``n_classes``, ``epoch``, ``start_batch``. Call ``set_epoch`` before iterating
-    a new epoch (workers are re-created per epoch, so they see it).
+    a new epoch (persistent workers see it through shared memory).
     """
 
     def __init__(self, cfg: DataConfig, global_batch_size: int, rank: int, world_size: int,
@@ -115,17 +148,11 @@ class TrainDataset(IterableDataset):
                     self.n_classes, rank, world_size, self.batches_per_epoch, self.batch_size,
                     ", ".join(self.augmenter.types) if self.augmenter else "off")
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch (its utterance order) and the first batch to yield."""
-        if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"epoch {epoch} / start_batch {start_batch} out of range "
-                             f"(batches_per_epoch={self.batches_per_epoch})")
-        self.epoch = epoch
-        self.start_batch = start_batch
-        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.corpus.utterances))
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch
+    def _use_position(self, epoch: int, start_batch: int) -> None:
+        """The utterance order of ``epoch``, from ``start_batch`` on."""
+        if getattr(self, "epoch", None) != epoch:
+            self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.corpus.utterances))
+        self.epoch, self.start_batch = epoch, start_batch
 
     def positions(self, batch: int) -> range:
         """Positions in the epoch order of this rank's samples of ``batch``."""
@@ -152,6 +179,7 @@ class TrainDataset(IterableDataset):
             return processors.collate(samples)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
+        self.catch_up()
         worker = get_worker_info()
         worker_id, n_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         for batch in range(self.start_batch + worker_id, self.batches_per_epoch, n_workers):
@@ -175,7 +203,9 @@ def build_train_loader(cfg: DataConfig, global_batch_size: int, rank: int, world
     """A DataLoader over the training dataset (``cfg.num_workers`` workers) and the dataset itself:
     ``TrainDataset`` for ``data.format: raw``, ``shard_loader.ShardTrainDataset`` for ``shard``.
 
-    For the next epoch call ``dataset.set_epoch(epoch)`` and iterate the loader again.
+    For the next epoch call ``dataset.set_epoch(epoch)`` and iterate the loader again. The workers
+    are started once and kept (``persistent_workers``); on a GPU, batches arrive in pinned memory,
+    so that their copy to the device is asynchronous.
     """
     if cfg.format == "shard":
         from wespeaker_lap.data.shard_loader import ShardTrainDataset
@@ -184,5 +214,5 @@ def build_train_loader(cfg: DataConfig, global_batch_size: int, rank: int, world
     else:
         dataset = TrainDataset(cfg, global_batch_size, rank, world_size, seed, epoch, start_batch)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
     return loader, dataset

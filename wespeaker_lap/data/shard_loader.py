@@ -43,7 +43,7 @@ from wespeaker_lap.data import processors
 from wespeaker_lap.data.audio import SAMPLE_RATE, BadAudioHandler
 from wespeaker_lap.data.augment import Augmenter
 from wespeaker_lap.data.kaldi import DataError
-from wespeaker_lap.data.pipeline import Corpus, _n_classes, _one_torch_thread, check_batching
+from wespeaker_lap.data.pipeline import Corpus, EpochPosition, _n_classes, _one_torch_thread, check_batching
 from wespeaker_lap.data.shards import BytesAudio, Shard, default_shard_list, read_shard, read_shard_list, \
     shard_speakers
 
@@ -94,7 +94,7 @@ def stream_segments(counts: np.ndarray, permutation: np.ndarray, stream: int, le
             for i in range(first, last)]
 
 
-class ShardTrainDataset(IterableDataset):
+class ShardTrainDataset(EpochPosition, IterableDataset):
     """Yields this process's collated batches ``{"keys", "wavs" [B, S], "labels" [B]}`` of one epoch from shards.
 
     Same attributes and ``set_epoch`` as ``pipeline.TrainDataset``; also ``streams`` (per process),
@@ -142,17 +142,11 @@ class ShardTrainDataset(IterableDataset):
                     self.batches_per_epoch, self.batch_size, unused,
                     ", ".join(self.augmenter.types) if self.augmenter else "off")
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch (its shard order) and the first batch to yield."""
-        if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"epoch {epoch} / start_batch {start_batch} out of range "
-                             f"(batches_per_epoch={self.batches_per_epoch})")
-        self.epoch = epoch
-        self.start_batch = start_batch
-        self.permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch
+    def _use_position(self, epoch: int, start_batch: int) -> None:
+        """The shard order of ``epoch``, from ``start_batch`` on."""
+        if getattr(self, "epoch", None) != epoch:
+            self.permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+        self.epoch, self.start_batch = epoch, start_batch
 
     def stream_samples(self, stream: int, first_batch: int) -> Iterator[Sample]:
         """Cropped samples of this process's stream ``stream`` in release order, from its batch ``first_batch``."""
@@ -193,6 +187,7 @@ class ShardTrainDataset(IterableDataset):
                        "position": q, "rng": np.random.default_rng([self.seed, self.epoch, g, q])}
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
+        self.catch_up()
         worker = get_worker_info()
         worker_id, n_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         S, first = self.streams, self.start_batch

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from wespeaker_lap.losses.cosine import sub_center_cosines
+
 MIN_MARGIN = 0.001  # at or below this margin the inter-top-K penalty is switched off
 SINE_FLOOR = 1e-12  # floor of 1 - cos² before the square root: finite gradients at cos = ±1
 
@@ -66,8 +68,7 @@ class AAMSoftmax(nn.Module):
         """float32 cosines ``[B, n_classes]`` of ``emb[B, E]``: the max over each class's sub-centres."""
         with torch.autocast(device_type=emb.device.type, enabled=False):
             emb = F.normalize(emb.float(), dim=1)
-            centres = F.normalize(self.weight.float(), dim=1)  # [K, E, C], unit along E
-            cosine = torch.matmul(emb, centres).max(dim=0).values  # [K, B, C] -> [B, C]
+            cosine = sub_center_cosines(emb, self.weight.float()).max(dim=0).values  # [K, B, C] -> [B, C]
             return cosine.clamp(-1.0, 1.0)
 
     def forward(self, emb: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:

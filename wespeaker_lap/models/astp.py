@@ -62,18 +62,25 @@ class AttentiveStatsPooling(nn.Module):
             keep = torch.where(kept.any(dim=1, keepdim=True), kept, keep)
         return keep
 
+    def _attend_context(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """``attn_in`` of the context ``[x; mean; std]`` (``[B, 3C, T]``), without building it: the mean and
+        std columns are the same at every frame, so their part is one matrix-vector product per utterance."""
+        weight = self.attn_in.weight.squeeze(-1)  # [H, 3C]
+        per_utterance = F.linear(torch.cat([mean, std], dim=1).squeeze(-1), weight[:, self.in_dim:],
+                                 self.attn_in.bias)  # [B, H]
+        return torch.matmul(weight[:, :self.in_dim], x) + per_utterance[:, :, None]  # [B, H, T]
+
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 3 or x.shape[1] != self.in_dim:
             raise ValueError(f"ASTP expects [B, {self.in_dim}, T], got {tuple(x.shape)}")
         n_frames = x.shape[-1]
-        mask = frame_mask(lengths, n_frames)
+        mask = frame_mask(lengths, n_frames, device=x.device)
         x = zero_padding(x, mask)
 
         mean, var = masked_mean_var(x, mask, unbiased=True)  # [B, C, 1] each
         std = sqrt_or_zero(var)
-        context = torch.cat([x, mean.expand_as(x), std.expand_as(x)], dim=1)  # [B, 3C, T]
-        hidden = masked_batch_norm(self.attn_norm, F.relu(self.attn_in(context)), mask)
-        scores = self.attn_out(hidden)  # [B, C, T]
+        hidden = masked_batch_norm(self.attn_norm, F.relu(self._attend_context(x, mean, std)), mask)
+        scores = _pointwise(self.attn_out, hidden)  # [B, C, T]
         keep = self._keep_frames(mask, x)[:, None, :]  # [B, 1, T]
         scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
         alpha = torch.softmax(scores, dim=-1)  # [B, C, T]
@@ -82,3 +89,8 @@ class AttentiveStatsPooling(nn.Module):
         weighted_var = (alpha * x.pow(2)).sum(dim=-1) - weighted_mean.pow(2)
         pooled = torch.cat([weighted_mean, weighted_var.clamp(min=VAR_FLOOR).sqrt()], dim=1)  # [B, 2C]
         return self.embed_norm(self.embed(self.pool_norm(pooled)))
+
+
+def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A kernel-size-1 ``conv`` on ``x[B, C, T]`` as a matmul: any input strides, BLAS in both directions."""
+    return torch.matmul(conv.weight.squeeze(-1), x) + conv.bias[:, None]

@@ -6,27 +6,37 @@ influence utterance ``b``; these helpers are the one place where that is done.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 
-def frame_mask(lengths: Optional[Tensor], n_frames: int) -> Optional[Tensor]:
-    """Boolean ``[B, T]`` mask, True on valid frames; ``None`` when every frame is valid.
+def frame_mask(lengths: Optional[Tensor], n_frames: int, device: Optional[torch.device] = None) -> Optional[Tensor]:
+    """Boolean ``[B, T]`` mask on ``device`` (default: the lengths'), True on valid frames; ``None`` when every
+    frame is valid.
 
-    Raises ``ValueError`` if a length is outside ``1..n_frames``.
+    Lengths on the CPU (as ``Upstream`` returns them) are checked on the host, so a GPU step pays no
+    device sync; lengths on a GPU cost one device-to-host copy. Raises ``ValueError`` if a length is
+    outside ``1..n_frames``.
     """
     if lengths is None:
         return None
-    if lengths.dim() != 1:
-        raise ValueError(f"lengths must have shape [B], got {tuple(lengths.shape)}")
-    shortest, longest = (int(v) for v in torch.aminmax(lengths))  # one device sync
+    if lengths.dim() != 1 or lengths.numel() == 0:
+        raise ValueError(f"lengths must have shape [B] with B >= 1, got {tuple(lengths.shape)}")
+    values = lengths.tolist()
+    shortest, longest = min(values), max(values)
     if shortest < 1 or longest > n_frames:
         raise ValueError(f"lengths must lie in 1..{n_frames} (the padded frame count), got {shortest}..{longest}")
     if shortest == n_frames:
         return None
-    return torch.arange(n_frames, device=lengths.device) < lengths[:, None]
+    device = lengths.device if device is None else torch.device(device)
+    if lengths.device != device:
+        if device.type == "cuda":
+            lengths = lengths.pin_memory()  # an asynchronous copy, not a pageable one
+        lengths = lengths.to(device, non_blocking=True)
+    return torch.arange(n_frames, device=device) < lengths[:, None]
 
 
 def zero_padding(x: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -36,23 +46,34 @@ def zero_padding(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return x.masked_fill(~mask[:, None, :], 0.0)
 
 
-def masked_batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+def masked_batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: Tensor, mask: Optional[Tensor],
+                      affine: bool = True) -> Tensor:
     """Apply ``norm`` to channels-first ``x[B, C, T, ...]`` with batch statistics from valid frames only.
 
     In eval mode, or when every frame is valid, this is ``norm(x)``. In train mode with
     padding, the valid frames are packed, normalised together (so the batch statistics and
     the running averages ignore padding) and scattered back; padded frames come out as 0.
     Works for BatchNorm1d/2d and SyncBatchNorm (packed input is shaped ``[N, C, 1, ...]``).
+    With ``affine=False`` the output is only standardised (``norm``'s weight and bias are left
+    for the caller to apply, e.g. folded into the next linear layer); the running statistics
+    are updated all the same.
     """
+    apply = norm if affine else functools.partial(_standardize, norm)
     if mask is None or not norm.training or bool(mask.all()):
-        return norm(x)
+        return apply(x)
     channels_last = x.movedim(1, -1)  # [B, T, ..., C]
     valid = channels_last[mask]  # [N, ..., C]
     n_channels = x.shape[1]
     packed = valid.reshape(-1, n_channels, *([1] * (x.dim() - 2)))  # [N*..., C, 1, ...]
     out = channels_last.new_zeros(channels_last.shape)
-    out[mask] = norm(packed).reshape(valid.shape)
+    out[mask] = apply(packed).reshape(valid.shape)
     return out.movedim(-1, 1)  # [B, C, T, ...]
+
+
+def _standardize(norm: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` with unit weight and zero bias: batch (or running) statistics only."""
+    identity = {"weight": torch.ones_like(norm.weight), "bias": torch.zeros_like(norm.bias)}
+    return torch.func.functional_call(norm, identity, (x,))
 
 
 def masked_mean_var(x: Tensor, mask: Optional[Tensor], unbiased: bool = True) -> Tuple[Tensor, Tensor]:

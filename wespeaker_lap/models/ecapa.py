@@ -132,7 +132,7 @@ class EcapaTdnn(nn.Module):
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 3 or x.shape[1] != self.in_dim:
             raise ValueError(f"ECAPA-TDNN expects [B, {self.in_dim}, T], got {tuple(x.shape)}")
-        mask = frame_mask(lengths, x.shape[-1])
+        mask = frame_mask(lengths, x.shape[-1], device=x.device)
         out = self.stem(x, mask)
         block_outputs = []
         for block in self.blocks:

@@ -35,7 +35,7 @@ class Mhfa(nn.Module):
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"MHFA expects hidden states [B, T, L, D], got {tuple(x.shape)}")
-        mask = frame_mask(lengths, x.shape[1])
+        mask = frame_mask(lengths, x.shape[1], device=x.device)
         if mask is not None:
             x = x.masked_fill(~mask[:, :, None, None], 0.0)
         keys = self.compress_key(self.key_layers(x, lengths).transpose(1, 2))  # [B, C, T] -> [B, T, cmp]

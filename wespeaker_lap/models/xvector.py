@@ -52,7 +52,7 @@ class XVector(nn.Module):
             raise ValueError(f"x-vector expects [B, {self.in_dim}, T], got {tuple(x.shape)}")
         if x.shape[-1] < self.min_frames:
             raise ValueError(f"x-vector needs at least {self.min_frames} frames, got {x.shape[-1]}")
-        mask = frame_mask(lengths, x.shape[-1])
+        mask = frame_mask(lengths, x.shape[-1], device=x.device)
         if mask is not None and int(lengths.min()) < self.min_frames:
             raise ValueError(f"x-vector needs at least {self.min_frames} valid frames per utterance, "
                              f"got {int(lengths.min())}")

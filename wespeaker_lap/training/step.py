@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -35,6 +35,16 @@ def resolve_amp(setting: str, device: torch.device) -> Optional[torch.dtype]:
     if setting == "bf16" and not torch.cuda.is_bf16_supported():
         raise RuntimeError("train.amp=bf16 but this GPU has no bf16 support; use fp16 or auto")
     return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: Dict[str, Any]) -> None:
+    """Load a checkpoint's GradScaler state; an empty one (written under bf16 or without AMP) into an
+    fp16 run starts from a fresh scale instead of failing (``GradScaler.load_state_dict`` refuses it)."""
+    if scaler.is_enabled() and not state:
+        logger.info("the checkpoint has no fp16 loss-scale state (it was written under bf16 or without AMP): "
+                    "starting from a fresh scale of %g", scaler.get_scale())
+        return
+    scaler.load_state_dict(state)  # a disabled scaler ignores a saved fp16 state
 
 
 class NonFiniteGuard:
@@ -105,27 +115,28 @@ def train_step(
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss, n_correct = module(wavs, wav_lens, labels)
             scaler.scale(loss / accum_steps).backward()
-        finite = torch.isfinite(loss.detach())
-        batch = float(len(labels))
-        totals += torch.stack([
-            torch.where(finite, loss.detach().double() * batch, 0.0),
-            torch.as_tensor(n_correct, dtype=torch.float64, device=device),
-            torch.tensor(batch, dtype=torch.float64, device=device),
-            (~finite).double(),
-        ])
-    loss_sum, n_correct, n_samples, n_nonfinite = all_reduce_sum(totals).tolist()
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        totals[0] += torch.where(finite, loss * len(labels), 0.0)  # Python numbers enter as kernel arguments:
+        totals[1] += n_correct  # no host-to-device copy
+        totals[2] += len(labels)
+        totals[3] += (~finite).double()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    scaler.unscale_(optimizer)  # fp16: also records on the device whether a gradient overflowed
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if grad_clip is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
+    # The step's one host read: the global sums, and the gradient norm (equal on every replica).
+    loss_sum, n_correct, n_samples, n_nonfinite, grad_norm = torch.cat(
+        [all_reduce_sum(totals), grad_norm.detach().double().reshape(1)]).tolist()
     accuracy = n_correct / n_samples
-    if n_nonfinite > 0:
+    finite_grad = math.isfinite(grad_norm)
+    if n_nonfinite > 0 or (not finite_grad and not scaler.is_enabled()):
         optimizer.zero_grad(set_to_none=True)
         _restore(bn_stats)  # the bad forward also fed BatchNorm's running statistics
-        return StepResult(math.nan, accuracy, math.nan, finite=False, applied=False)
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf).item()
-    finite_grad = math.isfinite(grad_norm)
-    if not finite_grad and not scaler.is_enabled():
-        optimizer.zero_grad(set_to_none=True)
-        _restore(bn_stats)
+        scaler.update()  # fp16: closes the unscale_ above (and backs the scale off if a gradient overflowed)
+        if n_nonfinite > 0:
+            return StepResult(math.nan, accuracy, math.nan, finite=False, applied=False)
         return StepResult(loss_sum / n_samples, accuracy, grad_norm, finite=False, applied=False)
     scaler.step(optimizer)  # skipped internally if the fp16 gradients overflowed
     scaler.update()

@@ -9,10 +9,12 @@ start from it. There is no model selection on test lists (paper.md §8.11).
 Numerics follow paper.md §4: Adam with *coupled* L2 weight decay (``torch.optim.Adam``, not AdamW)
 and one LR for every parameter (head, backend and a trainable upstream alike); a warmup-cosine LR
 and the margin are updated per optimizer step. ``optim.batch_size`` and ``optim.lr`` are global: a
-process gets ``batch_size / (world_size * accum_steps)`` utterances per micro-batch and the LR is
-never rescaled. Seeds: the model is built under ``train.seed`` on every process (DDP then
-broadcasts rank 0's weights anyway); afterwards process ``r`` runs on ``seed + r`` (dropout). The
-data order depends only on ``(seed, epoch, batch)``, and every epoch reshuffles (§8.10).
+process gets ``batch_size / (world_size * accum_steps)`` utterances per micro-batch (or
+``train.micro_batch_size``, from which the accumulation follows) and the LR is never rescaled.
+Seeds: the model is built under ``train.seed`` on every process (DDP then broadcasts rank 0's
+weights anyway); afterwards process ``r`` runs on ``seed + r`` (dropout). The data order depends
+only on ``(seed, epoch, batch)``, and every epoch reshuffles (§8.10). GPU speed settings (cuDNN
+autotuning, TF32, a bf16 frozen upstream, fused Adam, ``train.compile``) live in ``performance.py``.
 """
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ from wespeaker_lap.training.distributed import (
 )
 from wespeaker_lap.training.progress import MetricsLog, plot_training_curve, progress_bar
 from wespeaker_lap.training.schedule import build_lr_scheduler
-from wespeaker_lap.training.step import NonFiniteGuard, StepResult, resolve_amp, train_step
+from wespeaker_lap.training.performance import (
+    accumulation_steps, adam, cast_frozen_upstream, compile_model, configure_torch,
+)
+from wespeaker_lap.training.step import NonFiniteGuard, StepResult, resolve_amp, restore_scaler, train_step
 from wespeaker_lap.utils.logging import setup_logging
 
 if TYPE_CHECKING:
@@ -47,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 # Keys that do not change what is computed; a resumed run may change them freely.
 RUNTIME_KEYS = frozenset({"data.num_workers", "train.log_every", "train.keep_checkpoints", "train.save_every_steps",
-                          "model.upstream.trust_checkpoint"})
+                          "model.upstream.trust_checkpoint", "train.micro_batch_size", "train.compile", "train.tf32"})
 
 
 class ResumeConfigError(RuntimeError):
@@ -78,7 +83,10 @@ def check_resume_config(exp_dir: Path, cfg: ExperimentConfig, allow_change: bool
                                 "that the resumed run matches (restore it, or pass --allow_config_change)")
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
     current = yaml.safe_load(yaml.safe_dump(to_dict(cfg)))  # same float/list normalisation as the file
-    changed = [key for key in config_differences(saved, current) if key not in RUNTIME_KEYS]
+    runtime = RUNTIME_KEYS
+    if cfg.data.format == "shard" and cfg.data.shard_streams is None:
+        runtime = runtime - {"data.num_workers"}  # the shard streams, hence the data order, follow the workers
+    changed = [key for key in config_differences(saved, current) if key not in runtime]
     if not changed:
         return
     details = "; ".join(f"{key}: {_lookup(saved, key)!r} -> {_lookup(current, key)!r}" for key in changed)
@@ -126,22 +134,22 @@ class Trainer:
         self.ckpt_dir = self.exp_dir / ckpt.CHECKPOINT_SUBDIR
         if cfg.train.deterministic:
             set_deterministic()
+        configure_torch(ctx.device, cfg.train.deterministic, cfg.train.tf32)
         if ckpt.list_checkpoints(self.ckpt_dir):
             check_resume_config(self.exp_dir, cfg, allow_config_change)
 
         optim = cfg.optim
-        micro_global = optim.batch_size // optim.accum_steps
-        if micro_global % ctx.world_size:
-            raise ValueError(f"optim.batch_size={optim.batch_size} is not divisible by world_size ({ctx.world_size}) "
-                             f"x optim.accum_steps ({optim.accum_steps})")
+        self.accum_steps = accumulation_steps(optim.batch_size, optim.accum_steps, cfg.train.micro_batch_size,
+                                              ctx.world_size)
+        micro_global = optim.batch_size // self.accum_steps
         from wespeaker_lap.data.pipeline import build_train_loader
 
         self.loader, self.dataset = build_train_loader(cfg.data, micro_global, ctx.rank, ctx.world_size,
                                                        cfg.train.seed, epoch=0)
-        self.steps_per_epoch = self.dataset.batches_per_epoch // optim.accum_steps
+        self.steps_per_epoch = self.dataset.batches_per_epoch // self.accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(f"{cfg.data.train_dir}: {self.dataset.batches_per_epoch} micro-batches per epoch give "
-                             f"no full step of optim.accum_steps={optim.accum_steps}")
+                             f"no full step of {self.accum_steps} accumulated micro-batches")
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.speakers = list(self.dataset.corpus.speakers)
         self.amp_dtype = resolve_amp(cfg.train.amp, ctx.device)
@@ -169,6 +177,8 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         self._build_model_and_head(resume)
         classifier = SpeakerClassifier(self.model, self.head).to(ctx.device)
+        cast_frozen_upstream(self.model, self.amp_dtype)
+        compile_model(self.model, cfg.train.compile)
         if ctx.is_distributed and ctx.device.type == "cuda" and cfg.train.sync_batchnorm:
             classifier = nn.SyncBatchNorm.convert_sync_batchnorm(classifier)
         self.classifier = classifier
@@ -177,7 +187,7 @@ class Trainer:
             self.module = nn.parallel.DistributedDataParallel(
                 classifier, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         trainable = [p for p in classifier.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = adam(trainable, cfg.optim.lr, cfg.optim.weight_decay, ctx.device)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
@@ -243,7 +253,7 @@ class Trainer:
         """Optimizer, schedule, scaler, counters, position and this rank's RNG streams from a checkpoint."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        restore_scaler(self.scaler, state["scaler"])
         self.guard.load_state_dict(state["nonfinite"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         if len(state["rng"]) == self.ctx.world_size:
@@ -276,12 +286,12 @@ class Trainer:
 
     def _micro_batches(self, epoch: int, start_step: int) -> Iterator[Tuple[torch.Tensor, ...]]:
         """This process's micro-batches of ``epoch`` from optimizer step ``start_step`` on, on the device."""
-        self.dataset.set_epoch(epoch, start_step * self.cfg.optim.accum_steps)
+        self.dataset.set_epoch(epoch, start_step * self.accum_steps)
         with torch.random.fork_rng(devices=[]):  # the DataLoader draws a seed from the global RNG; keep it out
             batches = iter(self.loader)
         for batch in batches:
-            wavs = batch["wavs"].to(self.ctx.device, non_blocking=True)
-            wav_lens = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=self.ctx.device)
+            wavs = batch["wavs"].to(self.ctx.device, non_blocking=True)  # from pinned memory on a GPU
+            wav_lens = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long)  # on the host, where it is read
             yield wavs, wav_lens, batch["labels"].to(self.ctx.device, non_blocking=True)
 
     def _train_epoch(self, metrics: Optional[MetricsLog]) -> None:
@@ -295,7 +305,7 @@ class Trainer:
             step_start = time.time()
             margin = self._set_margin()
             lr = self.optimizer.param_groups[0]["lr"]
-            result = train_step(self.module, micro_batches, cfg.optim.accum_steps, self.optimizer, self.scaler,
+            result = train_step(self.module, micro_batches, self.accum_steps, self.optimizer, self.scaler,
                                 self.amp_dtype, cfg.optim.grad_clip)
             self.scheduler.step()
             self.global_step += 1
@@ -310,7 +320,7 @@ class Trainer:
             if every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
                 self._save(epoch_end=False)
         bar.close()
-        micro_batches.close()  # stops the DataLoader workers
+        micro_batches.close()  # the (persistent) workers are reset when the next epoch iterates the loader
         self.epoch, self.step_in_epoch = epoch + 1, 0
         if losses:
             logger.info("epoch %d/%d done in %.1f min: mean loss %.4f, mean accuracy %.4f", epoch + 1,

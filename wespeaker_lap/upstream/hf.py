@@ -106,15 +106,26 @@ class HFUpstream(nn.Module):
             rate *= stride
         return [rate] * self._num_layers
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward(self, wavs: torch.Tensor,
+                wav_lens: torch.Tensor | Sequence[int]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """``wav_lens`` as host ints (or a tensor, read once): a batch whose utterances all fill ``wavs``
+        runs without an attention mask, so without the device syncs the model's masking costs."""
+        lens = wav_lens.tolist() if isinstance(wav_lens, torch.Tensor) else list(wav_lens)
         if wavs.size(1) < self._receptive_field:  # too short for one frame: zero-pad
             wavs = nn.functional.pad(wavs, (0, self._receptive_field - wavs.size(1)))
-        valid = torch.arange(wavs.size(1), device=wavs.device) < wav_lens.to(wavs.device)[:, None]  # [B, S]
-        wavs = wavs * valid
-        if self.normalize_waveform:
-            wavs = _normalize_valid(wavs, valid)
-        out = self.model(wavs, attention_mask=valid.long(), output_hidden_states=True)
-        frame_lens = conv_output_lengths(wav_lens.to(wavs.device), self._kernels, self._strides)
+        if min(lens) >= wavs.size(1):
+            if self.normalize_waveform:
+                wavs = _normalize_valid(wavs, None)
+            out = self.model(wavs, output_hidden_states=True)
+        else:
+            host = torch.tensor(lens, dtype=torch.long)
+            host = host.pin_memory() if wavs.device.type == "cuda" else host
+            valid = torch.arange(wavs.size(1), device=wavs.device) < host.to(wavs.device, non_blocking=True)[:, None]
+            wavs = wavs * valid  # [B, S]
+            if self.normalize_waveform:
+                wavs = _normalize_valid(wavs, valid)
+            out = self.model(wavs, attention_mask=valid.long(), output_hidden_states=True)
+        frame_lens = conv_output_lengths(torch.tensor(lens, dtype=torch.long), self._kernels, self._strides)  # host
         hidden_states = list(out.hidden_states)
         # transformers 5 records the last layer's output before a stable-layer-norm (Large) model's final
         # LayerNorm; transformers 4 (the official code's) and s3prl give the normalised output.
@@ -122,8 +133,13 @@ class HFUpstream(nn.Module):
         return hidden_states, [frame_lens] * len(hidden_states)
 
 
-def _normalize_valid(wavs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Zero mean and unit variance per utterance over its valid samples; padding stays 0."""
+def _normalize_valid(wavs: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Zero mean and unit variance per utterance over its valid samples (all if ``valid`` is None);
+    padding stays 0."""
+    if valid is None:
+        mean = wavs.mean(dim=1, keepdim=True)
+        var = (wavs - mean).pow(2).mean(dim=1, keepdim=True)
+        return (wavs - mean) / torch.sqrt(var + 1e-7)
     count = valid.sum(dim=1, keepdim=True).clamp(min=1)
     mean = (wavs * valid).sum(dim=1, keepdim=True) / count
     var = (((wavs - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count

@@ -144,13 +144,17 @@ class Regularizers:
                     self._handles.append(layer.register_forward_hook(self._layerdrop_hook(index), prepend=True))
         self.n_layers = len(layers)
 
-    def begin(self, wav_lens: Tensor, device: torch.device) -> None:
-        """Draw this batch's LayerDrop decisions and note its frame counts; call before the forward."""
+    def begin(self, wav_lens: Sequence[int], device: torch.device) -> None:
+        """Draw this batch's LayerDrop decisions and note its frame counts; call before the forward.
+
+        ``wav_lens`` are host ints; the frame counts reach the device by one asynchronous copy.
+        """
         self.active = True
-        frame_lens = wav_lens.to(device)
+        frame_lens = list(wav_lens)
         for kernel, stride in self.conv:
-            frame_lens = torch.div(frame_lens - kernel, stride, rounding_mode="floor") + 1
-        self._frame_lens = frame_lens.clamp(min=0)
+            frame_lens = [max((n - kernel) // stride + 1, 0) for n in frame_lens]
+        host = torch.tensor(frame_lens, dtype=torch.long)
+        self._frame_lens = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
         if self.settings.layerdrop > 0:
             self._drop = torch.rand(self.n_layers, device=device) < self.settings.layerdrop  # [L], on the device
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Literal, Optional, Sequence, Tuple
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from wespeaker_lap.config import FinetuneConfig
+from wespeaker_lap.upstream import s3prl_batch
 from wespeaker_lap.upstream.cache import (
     HF_PREFIX,
     UpstreamError,
@@ -80,6 +81,11 @@ class Upstream(nn.Module):
             self.regularizers = (fairseq_regularizers(_fairseq_model(self.model.upstream, name), finetune, name)
                                  if not frozen else None)
 
+        unsupported = None if name.startswith(HF_PREFIX) else s3prl_batch.batched_forward_unsupported(self.model)
+        if unsupported:
+            logger.info("%s: s3prl's per-utterance forward is used (%s)", name, unsupported)
+        self._batched_s3prl = not name.startswith(HF_PREFIX) and unsupported is None
+
         self.n_layers = self.model.num_layers
         self.hidden_dim = _single(self.model.hidden_sizes, name, "hidden sizes")
         self.downsample_rate = _single(self.model.downsample_rates, name, "downsample rates")
@@ -110,22 +116,36 @@ class Upstream(nn.Module):
         output, ``(S - 400) // 320 + 1``. In a padded batch the CNN's group norm and the
         positional convolution see the zero padding, so a short utterance's last few frames (and
         its embedding, slightly) differ from a batch of one; this is how s3prl batches too.
+
+        Lengths live on the host: pass ``wav_lens`` on the CPU (on a GPU it costs one device sync);
+        ``frame_lens`` comes back on the CPU, for the backend to check without a sync.
         """
         if wavs.dim() != 2 or wav_lens.shape != wavs.shape[:1]:
             raise ValueError(f"{self.name}: expected wavs [B, S] and wav_lens [B], "
                              f"got {tuple(wavs.shape)} and {tuple(wav_lens.shape)}")
         grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
+        lens = wav_lens.tolist()  # on the host: no device sync (on a GPU tensor it costs one)
         regularize = self.regularizers is not None and self.training
         if regularize:
-            self.regularizers.begin(wav_lens, wavs.device)
+            self.regularizers.begin(lens, wavs.device)
         try:
             with grad:
-                hidden_states, lengths = self.model(wavs, wav_lens)
+                hidden_states, frame_lens = self._hidden_states(wavs, lens)
         finally:
             if regularize:
                 self.regularizers.end()
         hidden = torch.stack(hidden_states, dim=2)  # L x [B, T, D] -> [B, T, L, D]
-        return hidden, lengths[0].to(hidden.device)
+        return hidden, torch.tensor(frame_lens, dtype=torch.long)
+
+    def _hidden_states(self, wavs: torch.Tensor, lens: List[int]) -> Tuple[List[torch.Tensor], List[int]]:
+        """The model's ``L x [B, T, D]`` hidden states and the frame lengths, from host-side lengths."""
+        if self._batched_s3prl:
+            return s3prl_batch.hidden_states(self.model, wavs, lens)
+        if self.name.startswith(HF_PREFIX):
+            hidden_states, lengths = self.model(wavs, lens)
+        else:  # s3prl's own forward loops over the batch (a few host reads per utterance)
+            hidden_states, lengths = self.model(wavs, torch.tensor(lens, dtype=torch.long))
+        return hidden_states, lengths[0].tolist()
 
     def _freeze_unused_parameters(self) -> None:
         """Run one forward/backward on a short noise wave and freeze the parameters it leaves without gradient.
@@ -137,7 +157,7 @@ class Upstream(nn.Module):
         self.model.eval()
         generator = torch.Generator().manual_seed(0)
         wavs = torch.randn(1, _PROBE_SAMPLES, generator=generator)
-        hidden_states, _ = self.model(wavs, torch.tensor([_PROBE_SAMPLES]))
+        hidden_states, _ = self._hidden_states(wavs, [_PROBE_SAMPLES])
         torch.stack([h.sum() for h in hidden_states]).sum().backward()
         params = dict(self.model.named_parameters())
         mask_embedding = None if self.regularizers is None else self.regularizers.mask_embedding
