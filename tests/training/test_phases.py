@@ -92,9 +92,16 @@ def test_phase2_slices_the_head_and_trains_the_upstream(chain):
     changed = {k for k, v in upstream.items() if not torch.equal(v, pretrained[k])}
     assert any("feature_extractor.conv_layers.0" in k for k in changed), "the CNN encoder must train too"
     assert any("encoder.layers.2" in k for k in changed)
-    # phase 2 starts where phase 1 ended: well below phase 1's first loss, although the upstream's fine-tuning
-    # regularisers (time masking, LayerDrop, dropout) now perturb the features the phase-1 backend sees
-    assert metrics(chain / "phase2")[0]["loss"] < 0.85 * metrics(chain / "phase1")[0]["loss"]
+    # phase 2 starts where phase 1 ended: its backend stays near phase 1's final one, far from a fresh init
+    # (losses do not show it: phase 1's margin ramps up, and the regularisers perturb phase 2's features)
+    phase1 = final(chain / "phase1")["state_dict"]
+    weights = [k for k, v in phase1.items() if k.startswith("backend.") and v.is_floating_point()
+               and "running_" not in k]
+
+    def distance(a: dict, b: dict) -> float:
+        return float(sum((a[k].double() - b[k].double()).pow(2).sum() for k in weights) ** 0.5)
+
+    assert distance(model["state_dict"], phase1) < 0.5 * distance(model["state_dict"], pretrained)
 
 
 @pytest.mark.slow

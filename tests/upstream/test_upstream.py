@@ -100,3 +100,19 @@ def test_forward_checks_input_shapes(tiny_upstreams):
     up = Upstream("wavlm_local", path=str(tiny_upstreams["wavlm"]))
     with pytest.raises(ValueError, match=r"wavs \[B, S\]"):
         up(torch.zeros(2, 1, 1600), torch.tensor([1600, 1600]))
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_building_leaves_the_callers_random_streams_alone(tiny_upstreams, frozen):
+    """s3prl's loaders reseed the global RNGs; a model built after ``torch.manual_seed(s)`` must depend on ``s``."""
+    import random
+
+    import numpy as np
+
+    def draws(build: bool):
+        torch.manual_seed(7), random.seed(7), np.random.seed(7)
+        if build:
+            Upstream(f"{FAMILIES[0]}_local", path=str(tiny_upstreams[FAMILIES[0]]), frozen=frozen)
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    assert draws(build=True) == draws(build=False)

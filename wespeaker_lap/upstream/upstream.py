@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from wespeaker_lap.config import FinetuneConfig
+from wespeaker_lap.utils.rng import keeps_global_rng
 from wespeaker_lap.upstream import s3prl_batch
 from wespeaker_lap.upstream.cache import (
     HF_PREFIX,
@@ -58,6 +59,7 @@ class Upstream(nn.Module):
     masking is on) are frozen, so DDP needs no ``find_unused_parameters``.
     """
 
+    @keeps_global_rng  # s3prl's loaders reseed the global RNGs; the caller's seed must decide what comes next
     def __init__(self, name: str, path: Optional[str] = None, frozen: bool = True, cache_dir: Optional[str] = None,
                  waveform: Literal["raw", "checkpoint"] = "raw", finetune: FinetuneConfig = FinetuneConfig(),
                  trust_checkpoint: bool = False):
