@@ -156,7 +156,7 @@ class MarginScheduleConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """AAM-softmax with sub-centers and the inter-top-K penalty (paper.md §3)."""
+    """AAM-softmax with sub-centers and the inter-top-K penalty (docs/reproduction.md §Phase defaults)."""
 
     scale: float = 30.0
     margin: float = 0.3
@@ -177,7 +177,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Additive noise and reverberation (paper.md §4)."""
+    """Additive noise and reverberation (docs/reproduction.md §RIR pool)."""
 
     prob: float = 0.6
     musan_list: Optional[str] = None  # "<key> <path> <type>" lines, type in noise|music|speech
@@ -241,7 +241,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with coupled weight decay, warmup then cosine, per optimizer step (paper.md §4).
+    """Adam, coupled weight decay, warmup then cosine per optimizer step (docs/reproduction.md §Phase defaults).
 
     ``batch_size`` and ``lr`` are global: each process gets ``batch_size / (world_size * accum_steps)``
     utterances per micro-batch, and the LR is never rescaled. The LR rises linearly from ``min_lr`` to

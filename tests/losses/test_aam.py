@@ -29,7 +29,7 @@ def _embeddings() -> torch.Tensor:
 
 
 def _expected_loss(margin: float, penalty_margin: float, top_k: int) -> float:
-    """The loss of §3 written out: max over sub-centres, ArcFace target, penalised top-K, scaled CE."""
+    """The loss written out: max over sub-centres, ArcFace target, penalised top-K, scaled CE."""
     losses = []
     for angle, label in zip(EMBED_ANGLES, LABELS):
         cosines = np.cos(CENTRE_ANGLES - angle).max(axis=0)  # [C]

@@ -1,4 +1,4 @@
-"""AAM-softmax with sub-centres and the inter-top-K penalty (paper.md §3)."""
+"""AAM-softmax with sub-centres and the inter-top-K penalty (``docs/reproduction.md`` §Phase defaults)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Margin schedules: the ramp of the AAM margin over training (paper.md §3.4).
+"""Margin schedules: the ramp of the AAM margin over training (``docs/reproduction.md`` §Phase defaults).
 
 Each shape is a curve on a fixed grid, min-max normalised to [0, 1] over the ramp:
 

@@ -1,4 +1,6 @@
-"""Adaptive symmetric score normalisation (AS-Norm), vectorised (paper §5.2, WeSpeaker ``score_norm.py``).
+"""Adaptive symmetric score normalisation (AS-Norm), vectorised, as WeSpeaker's ``score_norm.py``.
+
+The official settings (top 600, speaker-mean cohort) are in docs/reproduction.md §AS-Norm.
 
 Every embedding (enroll, test and cohort) is centred with the training-set mean and
 L2-normalised first. For a trial with raw cosine ``s``:

@@ -1,4 +1,4 @@
-"""Quality-aware score calibration (QMF, paper §5.3): logistic regression on nine trial features.
+"""Quality-aware score calibration (QMF, as in the LAP paper's evaluation): logistic regression on nine trial features.
 
 Features, in this order (``FEATURE_NAMES``): the AS-Norm score; the log durations of the
 enroll and test utterances; the L1 and L2 norms of the *raw* (not centred) enroll and test

@@ -1,4 +1,4 @@
-"""Cosine scoring with the training-set mean subtracted (WeSpeaker's "sub mean of vox2_dev", paper §5.1)."""
+"""Cosine scoring with the training-set mean subtracted (WeSpeaker's "sub mean of vox2_dev"; the LAP paper's too)."""
 from __future__ import annotations
 
 import numpy as np

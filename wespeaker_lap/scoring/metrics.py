@@ -67,7 +67,7 @@ def eer_from_rates(p_miss: np.ndarray, p_fa: np.ndarray) -> float:
     the last point below 0 and the first point above 0 meets ``p_miss = p_fa`` (the error
     rate of randomising between those two thresholds). Every operating point has
     ``max(p_miss, p_fa) >= EER``, so the official code's EER (that maximum at the point
-    where the rates are closest, paper §5.4) is never lower than this one.
+    where the rates are closest; ``docs/reproduction.md`` §Departures) is never lower than this one.
     """
     gap = p_miss - p_fa
     i = int(np.searchsorted(gap, 0.0, side="left"))  # first point with p_miss >= p_fa

@@ -1,8 +1,9 @@
 """Learning-rate schedule: linear warmup from ``min_lr`` to ``max_lr``, then a cosine back to ``min_lr``.
 
 The rate is a pure function of the optimizer step, ``max_lr`` (``optim.lr``), ``min_lr`` and the warmup
-length, stepped once per optimizer step. Like the authors' scheduler (paper.md §4) the warmup starts at
-``min_lr``, not 0; unlike it (§8.7) the configured ``optim.lr`` is always the peak, so ``lr == min_lr``
+length, stepped once per optimizer step. Like the authors' scheduler
+(docs/reproduction.md §Phase defaults) the warmup starts at ``min_lr``, not 0; unlike it (§Official
+bugs we do not copy, 5) the configured ``optim.lr`` is always the peak, so ``lr == min_lr``
 gives a constant rate (phase 3) and any other ``lr`` is honoured.
 """
 from __future__ import annotations

@@ -4,17 +4,18 @@ The experiment directory holds ``config.yaml`` (the resolved config), ``train.lo
 ``metrics.jsonl`` (one record per optimizer step), ``training_curve.png``,
 ``checkpoints/`` (full state, see ``checkpoint.py``) and, at the end, ``final_model.pt``: the
 average of the last ``train.num_average`` epochs, with the loss head so that the next phase can
-start from it. There is no model selection on test lists (paper.md §8.11).
+start from it. There is no model selection on test lists (docs/reproduction.md §Official bugs
+we do not copy, 7).
 
-Numerics follow paper.md §4: Adam with *coupled* L2 weight decay (``torch.optim.Adam``, not AdamW)
-and one LR for every parameter (head, backend and a trainable upstream alike); a warmup-cosine LR
-and the margin are updated per optimizer step. ``optim.batch_size`` and ``optim.lr`` are global: a
-process gets ``batch_size / (world_size * accum_steps)`` utterances per micro-batch (or
-``train.micro_batch_size``, from which the accumulation follows) and the LR is never rescaled.
-Seeds: the model is built under ``train.seed`` on every process (DDP then broadcasts rank 0's
-weights anyway); afterwards process ``r`` runs on ``seed + r`` (dropout). The data order depends
-only on ``(seed, epoch, batch)``, and every epoch reshuffles (§8.10). GPU speed settings (cuDNN
-autotuning, TF32, a bf16 frozen upstream, fused Adam, ``train.compile``) live in ``performance.py``.
+Numerics follow the official code (docs/reproduction.md §Phase defaults): Adam with *coupled* L2 weight
+decay (``torch.optim.Adam``, not AdamW) and one LR for every parameter (head, backend and a trainable
+upstream alike); a warmup-cosine LR and the margin are updated per optimizer step. ``optim.batch_size``
+and ``optim.lr`` are global: a process gets ``batch_size / (world_size * accum_steps)`` utterances per
+micro-batch (or ``train.micro_batch_size``, from which the accumulation follows) and the LR is never
+rescaled. Seeds: the model is built under ``train.seed`` on every process (DDP then broadcasts rank 0's
+weights anyway); afterwards process ``r`` runs on ``seed + r`` (dropout). The data order depends only on
+``(seed, epoch, batch)``, and every epoch reshuffles (ibid., 6). GPU speed settings (cuDNN autotuning,
+TF32, a bf16 frozen upstream, fused Adam, ``train.compile``) live in ``performance.py``.
 """
 from __future__ import annotations
 
@@ -240,7 +241,10 @@ class Trainer:
         return init
 
     def _apply_init_from(self, init: "ModelFile") -> None:
-        """Load the previous phase's model and head; drop head rows the data cannot produce (§8.6)."""
+        """Load the previous phase's model and head.
+
+        With ``train.slice_classes``, drop head rows the data cannot produce (docs/reproduction.md §Classifier).
+        """
         self.model.load_model_state_dict(init.state_dict)
         self.head.load_state_dict(init.training.loss_head)
         if self.cfg.train.slice_classes and self.head.n_classes > self.dataset.n_classes:
