@@ -36,7 +36,7 @@ from wespeaker_lap.config import BackendConfig, ModelConfig, UpstreamConfig
 from wespeaker_lap.losses import AAMSoftmax
 from wespeaker_lap.models import build_speaker_model
 from wespeaker_lap.models.astp import VAR_FLOOR, AttentiveStatsPooling
-from wespeaker_lap.models.backends import LapAstp
+from wespeaker_lap.models.backends import ComposedBackend, build_backend
 from wespeaker_lap.models.lap import LayerAttentivePooling
 from wespeaker_lap.training.performance import adam, cast_frozen_upstream, configure_torch
 from wespeaker_lap.training.step import resolve_amp, train_step
@@ -173,9 +173,9 @@ class PreviousAstp(AttentiveStatsPooling):
         return self.embed_norm(self.embed(self.pool_norm(pooled)))
 
 
-def previous_lap_astp(n_layers: int, in_dim: int) -> LapAstp:
-    """Our LAP+ASTP before the speed work, with the weights of a fresh ``LapAstp``."""
-    backend = LapAstp(n_layers, in_dim)
+def previous_lap_astp(n_layers: int, in_dim: int) -> ComposedBackend:
+    """Our LAP+ASTP before the speed work, with the weights of a fresh ``lap_astp``."""
+    backend = build_backend("lap_astp", n_layers, in_dim)
     lap, astp = PreviousLap(n_layers, in_dim, 512, 16, 0.1), PreviousAstp(512, 192)
     lap.load_state_dict(backend.lap.state_dict())
     astp.load_state_dict(backend.astp.state_dict())
@@ -234,7 +234,7 @@ def part_backend(args: argparse.Namespace, device: torch.device, work: Path) -> 
     for n_layers, in_dim in ((13, 768), (25, 1024)):
         torch.manual_seed(0)
         hidden = torch.randn(16, 99, n_layers, in_dim, device=device)  # [B, T, L, D]
-        backends = {"ours": (LapAstp(n_layers, in_dim), hidden),
+        backends = {"ours": (build_backend("lap_astp", n_layers, in_dim), hidden),
                     "previous": (previous_lap_astp(n_layers, in_dim), hidden)}
         if args.official_src:
             backends["official"] = (official_lap_astp(args.official_src, n_layers, in_dim),
