@@ -345,7 +345,6 @@ def _phase(classifier: SpeakerClassifier, seconds: float, n_classes: int, batch:
     with HostSyncCounter() as syncs:
         step()
     stats = {name: summary(t) for name, t in times.items()}
-    del optimizer
     classifier.zero_grad(set_to_none=True)
     return {"step": stats["step"], "upstream": stats["upstream"], "crops_per_s": batch / stats["step"]["median_s"],
             "upstream_share": stats["upstream"]["median_s"] / stats["step"]["median_s"], "peak_gib": peak,

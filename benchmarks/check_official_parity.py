@@ -29,7 +29,7 @@ import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn

@@ -1,5 +1,4 @@
 """A train step reads tensor values to the host a few times, whatever the batch size (each read is a GPU sync)."""
-import pytest
 import torch
 
 from wespeaker_lap.config import BackendConfig, ModelConfig, UpstreamConfig

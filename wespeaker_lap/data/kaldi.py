@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Tuple, TypeVar
 
 from wespeaker_lap.utils.io import atomic_open
 
