@@ -29,7 +29,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n_trials", type=int, default=579818)
     p.add_argument("--n_cohort", type=int, default=5994)
     p.add_argument("--dim", type=int, default=192)
-    p.add_argument("--top_k", type=int, default=300)
+    p.add_argument("--top_k", type=int, default=600)  # the VoxCeleb recipe's conf/eval.yaml
     p.add_argument("--naive_trials", type=int, default=1000, help="trials in the naive loop's subsample")
     p.add_argument("--work_dir", help="default: a temporary directory")
     return p.parse_args()
