@@ -16,13 +16,9 @@ from wespeaker_lap.data.augment import Augmenter
 from wespeaker_lap.data.kaldi import DataError
 from wespeaker_lap.data.pipeline import TrainDataset, build_train_loader, n_classes
 
-SR = 16000
+from .batch_helpers import SR, assert_same_batches, write_wav
+
 N_SPEAKERS, UTTS_PER_SPEAKER = 4, 6
-
-
-def write_wav(path: Path, n: int, seed: int) -> str:
-    sf.write(str(path), np.random.default_rng(seed).normal(0, 0.1, n), SR, subtype="PCM_16")
-    return str(path)
 
 
 @pytest.fixture
@@ -50,14 +46,6 @@ def config(train_dir: Path, **changes) -> DataConfig:
 
 def all_batches(dataset: TrainDataset) -> list:
     return [dataset.make_batch(b) for b in range(dataset.start_batch, dataset.batches_per_epoch)]
-
-
-def assert_same_batches(left: list, right: list) -> None:
-    assert len(left) == len(right)
-    for a, b in zip(left, right):
-        assert a["keys"] == b["keys"]
-        assert torch.equal(a["labels"], b["labels"])
-        assert torch.equal(a["wavs"], b["wavs"])
 
 
 def test_batches_shapes_and_labels(train_dir):

@@ -22,14 +22,10 @@ from wespeaker_lap.data.pipeline import build_train_loader, n_classes
 from wespeaker_lap.data.shard_loader import ShardTrainDataset, release_order, shuffle_buffer, stream_segments
 from wespeaker_lap.data.shards import Shard, read_shard, read_shard_list, write_shards
 
-SR = 16000
+from .batch_helpers import SR, assert_same_batches, write_wav
+
 N_SPEAKERS, UTTS_PER_SPEAKER, UTTS_PER_SHARD = 5, 12, 7  # 60 utterances: 8 shards of 7 and one of 4
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write_wav(path: Path, n: int, seed: int) -> str:
-    sf.write(str(path), np.random.default_rng(seed).normal(0, 0.1, n), SR, subtype="PCM_16")
-    return str(path)
 
 
 def make_train_dir(root: Path) -> Path:
@@ -68,14 +64,6 @@ def epoch_batches(dataset, epoch=0, start_batch=0) -> list:
 
 def keys_of(batches) -> list:
     return [k for b in batches for k in b["keys"]]
-
-
-def assert_same_batches(left: list, right: list) -> None:
-    assert len(left) == len(right)
-    for a, b in zip(left, right):
-        assert a["keys"] == b["keys"]
-        assert torch.equal(a["labels"], b["labels"])
-        assert torch.equal(a["wavs"], b["wavs"])
 
 
 # ----------------------------------------------------------------------------- writing
