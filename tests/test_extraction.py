@@ -13,53 +13,22 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
-from wespeaker_lap.config import BackendConfig, ModelConfig, UpstreamConfig
-from wespeaker_lap.data.kaldi import load_data_dir, write_map
+from wespeaker_lap.data.kaldi import load_data_dir
 from wespeaker_lap.extraction import extract_shard, merge_shards, shard_batches, shard_paths
 from wespeaker_lap.inference import Embedder
+
+from tests.extraction_helpers import write_model, write_tone_dir
 
 REPO = Path(__file__).resolve().parents[1]
 N_UTTS = 40
 
 
 def write_data_dir(root: Path, n: int, min_seconds: float, max_seconds: float, seed: int = 0) -> Path:
-    """``n`` utterances (tones + noise) of lengths spread over [min, max] s, with utt2spk and utt2dur."""
+    """``n`` utterances of 4 speakers, their lengths spread over [min, max] s."""
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    wav_scp, utt2spk, utt2dur = {}, {}, {}
-    for i in range(n):
-        seconds = rng.uniform(min_seconds, max_seconds)
-        t = np.arange(int(seconds * 16000)) / 16000
-        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 600) * t) + 0.05 * rng.standard_normal(len(t))
-        key, path = f"spk{i % 4}/utt{i:03d}", root / f"utt{i:03d}.wav"
-        sf.write(path, wav.astype(np.float32), 16000, subtype="PCM_16")
-        wav_scp[key], utt2spk[key], utt2dur[key] = str(path), f"spk{i % 4}", len(t) / 16000
-    write_map(root / "wav.scp", wav_scp)
-    write_map(root / "utt2spk", utt2spk)
-    write_map(root / "utt2dur", {k: f"{v:.4f}" for k, v in utt2dur.items()})
-    return root
-
-
-def write_model(path: Path, upstream: Path, seed: int) -> Path:
-    """A random-init tiny WavLM + LAP+ASTP model file (what ``load_speaker_model`` reads); ``seed`` moves its weights.
-
-    (Building an s3prl upstream reseeds torch's global RNG, so the backend's init is perturbed explicitly.)
-    """
-    from wespeaker_lap.models import build_speaker_model
-    from wespeaker_lap.models.model_file import save_speaker_model
-
-    cfg = ModelConfig(UpstreamConfig("wavlm_local", path=str(upstream)),
-                      BackendConfig("lap_astp", {"hidden_dim": 32, "n_heads": 4}))
-    model = build_speaker_model(cfg)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.backend.parameters():
-            param.add_(0.1 * torch.randn(param.shape, generator=generator))
-    save_speaker_model(path, model, cfg)
-    return path
+    return write_tone_dir(root, rng.uniform(min_seconds, max_seconds, n), 4, rng)
 
 
 @pytest.fixture(scope="module")

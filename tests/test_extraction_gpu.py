@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
-from wespeaker_lap.config import BackendConfig, EvalConfig, ExtractionConfig, ModelConfig, UpstreamConfig, from_dict
-from wespeaker_lap.data.kaldi import load_data_dir, write_map
+from wespeaker_lap.config import EvalConfig, ExtractionConfig, from_dict
+from wespeaker_lap.data.kaldi import load_data_dir
+
+from tests.extraction_helpers import write_model, write_tone_dir
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -36,32 +37,13 @@ UNPADDED_COSINE_FP32 = 0.999  # a batch's longest utterance in fast fp32: only T
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """30 utterances in groups of 3-4 whose lengths differ by under 2 % (so fast mode batches them), plus loners."""
-    root = tmp_path_factory.mktemp("gpu_data")
-    rng = np.random.default_rng(0)
     seconds = [base * (1 - 0.004 * k) for base in (0.6, 1.3, 2.2, 3.1, 4.4, 5.5, 7.0) for k in range(4)] + [0.25, 9.0]
-    wav_scp, utt2spk, utt2dur = {}, {}, {}
-    for i, s in enumerate(seconds):
-        t = np.arange(int(s * 16000)) / 16000
-        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 700) * t) + 0.05 * rng.standard_normal(len(t))
-        key, path = f"spk{i % 3}/utt{i:02d}", root / f"utt{i:02d}.wav"
-        sf.write(path, wav.astype(np.float32), 16000, subtype="PCM_16")
-        wav_scp[key], utt2spk[key], utt2dur[key] = str(path), f"spk{i % 3}", len(t) / 16000
-    write_map(root / "wav.scp", wav_scp)
-    write_map(root / "utt2spk", utt2spk)
-    write_map(root / "utt2dur", {k: f"{v:.4f}" for k, v in utt2dur.items()})
-    return root
+    return write_tone_dir(tmp_path_factory.mktemp("gpu_data"), seconds, 3, np.random.default_rng(0))
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, tiny_upstreams) -> Path:
-    from wespeaker_lap.models import build_speaker_model
-    from wespeaker_lap.models.model_file import save_speaker_model
-
-    cfg = ModelConfig(UpstreamConfig("wavlm_local", path=str(tiny_upstreams["wavlm"])),
-                      BackendConfig("lap_astp", {"hidden_dim": 32, "n_heads": 4}))
-    path = tmp_path_factory.mktemp("gpu_model") / "final_model.pt"
-    save_speaker_model(path, build_speaker_model(cfg), cfg)
-    return path
+    return write_model(tmp_path_factory.mktemp("gpu_model") / "final_model.pt", tiny_upstreams["wavlm"], seed=0)
 
 
 @pytest.fixture
