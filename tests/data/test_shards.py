@@ -392,3 +392,15 @@ def test_bytes_audio_reads_what_soundfile_reads(tmp_path, subtype, channels):
     if subtype == "PCM_16":
         with pytest.raises(DataError, match=r"bad audio 'k' \(shard.tar\): truncated: 3000 frames declared, 14\d\d present"):
             BytesAudio("k", data[: len(data) // 2], SR, "shard.tar")
+
+
+def test_bytes_audio_names_a_non_finite_sample_when_opened(tmp_path):
+    """A float wav member with a NaN inside is bad audio at open time (skip mode can replace it), never a NaN crop."""
+    from wespeaker_lap.data.shards import BytesAudio
+
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, 3000).astype(np.float32)
+    samples[1234] = np.nan
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, SR, subtype="FLOAT", format="WAV")
+    with pytest.raises(DataError, match=r"bad audio 'k' \(shard.tar\): non-finite sample \(nan\) at sample 1234"):
+        BytesAudio("k", buffer.getvalue(), SR, "shard.tar")

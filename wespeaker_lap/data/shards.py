@@ -29,7 +29,7 @@ from typing import Iterator, List, Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 import soundfile as sf
 
-from wespeaker_lap.data.audio import SAMPLE_RATE, Audio
+from wespeaker_lap.data.audio import SAMPLE_RATE, Audio, _bad, _check_format, check_samples
 from wespeaker_lap.data.kaldi import DataError, load_data_dir, read_map, write_map
 from wespeaker_lap.utils.io import atomic_open, atomic_write_text
 from wespeaker_lap.utils.parallel import parallel_map
@@ -133,49 +133,40 @@ class BytesAudio:
     ``n_samples``, ``channels`` and ``read(start, stop)`` (float32 ``[n]``, mono).
 
     16-bit PCM wav (what the recipes write) is read straight from the bytes, the same values as
-    soundfile gives (``int16 / 32768``) at a fraction of the cost; other formats go through soundfile.
+    soundfile gives (``int16 / 32768``) at a fraction of the cost. Other formats are decoded whole
+    by soundfile here and checked like ``Audio``'s reads (short read, NaN/Inf), so that ``read``
+    cannot fail later: bad audio is found where skip mode can replace it.
     """
 
     def __init__(self, key: str, data: bytes, sample_rate: int, where: str):
         self.key, self.data, self.where = key, data, where
         self._pcm = pcm16_wav_layout(data)
+        self._samples: Optional[np.ndarray] = None  # [S], formats other than 16-bit PCM wav
         if self._pcm is not None:
             rate, self.channels, first, self.n_samples = self._pcm
             if first + 2 * self.channels * self.n_samples > len(data):
-                raise self._bad(f"truncated: {self.n_samples} frames declared, "
-                                f"{(len(data) - first) // (2 * self.channels)} present")
+                raise _bad(key, where, f"truncated: {self.n_samples} frames declared, "
+                                       f"{(len(data) - first) // (2 * self.channels)} present")
         else:
             try:
                 with sf.SoundFile(io.BytesIO(data)) as f:
                     rate, self.n_samples, self.channels = f.samplerate, f.frames, f.channels
+                    samples = f.read(dtype="float32", always_2d=True)  # [S, C]
             except (sf.SoundFileError, RuntimeError) as err:
-                raise self._bad(f"unreadable ({err})") from None
-        if rate != sample_rate:
-            raise self._bad(f"sample rate {rate} Hz, expected {sample_rate} Hz")
-        if self.channels != 1:
-            raise self._bad(f"{self.channels} channels, expected 1")
-        if self.n_samples == 0:
-            raise self._bad("empty (0 samples)")
-
-    def _bad(self, reason: str) -> DataError:
-        return DataError(f"bad audio {self.key!r} ({self.where}): {reason}")
+                raise _bad(key, where, f"unreadable ({err})") from None
+            if len(samples) < self.n_samples:
+                raise _bad(key, where, f"truncated: {len(samples)} of {self.n_samples} samples read")
+            self._samples = check_samples(key, where, samples)[:, 0]
+        _check_format(key, where, rate, self.channels, self.n_samples, sample_rate, mono=True)
 
     def read(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         stop = self.n_samples if stop is None else stop
         if not 0 <= start <= stop <= self.n_samples:
             raise ValueError(f"{self.key}: range [{start}, {stop}) outside [0, {self.n_samples}]")
-        if self._pcm is not None:
-            first = self._pcm[2] + 2 * start
-            return np.frombuffer(self.data, dtype="<i2", count=stop - start, offset=first).astype(np.float32) / 32768
-        try:
-            with sf.SoundFile(io.BytesIO(self.data)) as f:
-                f.seek(start)
-                samples = f.read(stop - start, dtype="float32", always_2d=True)
-        except (sf.SoundFileError, RuntimeError) as err:
-            raise self._bad(f"unreadable at sample {start} ({err})") from None
-        if len(samples) < stop - start:
-            raise self._bad(f"truncated: {len(samples)} of {stop - start} samples from {start} read")
-        return samples[:, 0]
+        if self._samples is not None:
+            return self._samples[start:stop]
+        first = self._pcm[2] + 2 * start
+        return np.frombuffer(self.data, dtype="<i2", count=stop - start, offset=first).astype(np.float32) / 32768
 
 
 # ----------------------------------------------------------------------------- writing
