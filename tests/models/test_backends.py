@@ -225,3 +225,16 @@ def test_xvector_needs_seven_frames():
         backend(torch.randn(1, 6, L, D))
     with pytest.raises(ValueError, match="at least 7 valid frames per utterance, got 6"):
         backend(torch.randn(2, 9, L, D), torch.tensor([9, 6]))
+
+
+@pytest.mark.parametrize("name", ["superb_astp", "superb_ecapa", "superb_xvector", "mhfa"])
+def test_host_lengths_drive_masks_on_the_models_device(name):
+    """``Upstream`` returns lengths on the CPU; every mask must be built on the features' device.
+
+    The meta device stands in for a GPU (LAP's fused kernels do not run on it): a CPU tensor meeting
+    a meta one fails exactly as it would meet a CUDA one.
+    """
+    with torch.device("meta"):
+        backend = _tiny(name).eval()
+    x, lengths = torch.empty(2, 12, L, D, device="meta"), torch.tensor([12, 9])
+    assert backend(x, lengths).device.type == "meta"

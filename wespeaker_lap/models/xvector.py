@@ -61,7 +61,7 @@ class XVector(nn.Module):
             lost = _frames_lost(k, d, p)
             if lost and mask is not None:
                 lengths = lengths - lost
-                mask = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]  # [B, T - lost]
+                mask = frame_mask(lengths, x.shape[-1], device=x.device)  # [B, T - lost]
             x = masked_batch_norm(norm, F.relu(x), mask)
         mean, var = masked_mean_var(x, mask, unbiased=True)  # [B, C, 1] each
         stats = torch.cat([mean, (var + STATS_EPS).sqrt()], dim=1).squeeze(-1)  # [B, 2C]
