@@ -212,6 +212,18 @@ def test_average_model_and_plot_gates_errors_are_one_line(tmp_path):
     assert one_error(proc, "plot_gates") == f"{tmp_path}/nope.pt: speaker model file not found"
 
 
+def test_make_shards_error_is_one_line_and_its_traceback_goes_to_the_log(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_map(data / "wav.scp", {"a": str(tmp_path / "missing.wav")})
+    write_map(data / "utt2spk", {"a": "s"})
+    proc = run("wespeaker_lap.bin.make_shards", "--data_dir", str(data), "--nj", "1")
+    assert one_error(proc, "make_shards") == f"bad audio 'a' ({tmp_path}/missing.wav): file not found"
+    log = (data / "shards" / "make_shards.log").read_text()
+    assert "make_shards failed" in log and "Traceback" in log
+    assert not (data / "shards" / "shard.list").exists()
+
+
 def test_plot_gates_skips_only_a_backend_without_gates_when_asked(tmp_path, tiny_upstreams, exp_dir):
     """The recipe's stage 6 passes --skip_without_gates: a SUPERB backend is a note, any other problem an error."""
     from wespeaker_lap.config import ModelConfig, from_dict

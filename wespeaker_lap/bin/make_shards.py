@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wespeaker_lap.data.kaldi import DataError
 from wespeaker_lap.data.shards import SHARD_LIST, write_shards
 from wespeaker_lap.utils.logging import setup_logging
 
@@ -34,14 +33,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f"--utts_per_shard must be >= 1, got {args.utts_per_shard}")
     out_dir = args.out_dir or args.data_dir / "shards"
     setup_logging(args.log_file or str(out_dir / "make_shards.log"))
-    try:
-        shards = write_shards(args.data_dir, out_dir, args.utts_per_shard, args.seed, args.nj,
-                              on_bad_audio=args.on_bad_audio)
-    except DataError as err:
-        raise SystemExit(f"make_shards: error: {err}") from None
+    shards = write_shards(args.data_dir, out_dir, args.utts_per_shard, args.seed, args.nj,
+                          on_bad_audio=args.on_bad_audio)
     print(f"make_shards: {len(shards)} shards of {sum(s.n_utts for s in shards)} utterances; "
           f"list: {out_dir / SHARD_LIST}")
 
 
 if __name__ == "__main__":
-    main()
+    from wespeaker_lap.utils.errors import run_script
+
+    run_script(main)
