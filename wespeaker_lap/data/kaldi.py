@@ -63,18 +63,6 @@ def refuse_pipe(spec: str, where: str) -> None:
                         "files (convert the audio to wav/flac files, or to a Kaldi ark, and list those)")
 
 
-def write_specifier(ark: str | Path, scp: str | Path) -> str:
-    """``ark,scp:<ark>,<scp>`` for ``kaldiio.WriteHelper``; a path kaldiio would misread is an error.
-
-    A path starting or ending with ``|`` would run a shell command, one with ``,`` would be split.
-    """
-    for path in (str(ark), str(scp)):
-        if is_pipe(path) or "," in path:
-            raise DataError(f"{path}: output paths for Kaldi ark/scp files may not start or end with '|' "
-                            "or contain ','")
-    return f"ark,scp:{ark},{scp}"
-
-
 def _read_map(path: str | Path, parse: Callable[[str], V], rest_of_line: bool, form: str) -> Dict[str, V]:
     out: Dict[str, V] = {}
     for lineno, line in read_lines(path):
