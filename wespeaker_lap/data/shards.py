@@ -244,10 +244,11 @@ def write_shards(data_dir: Union[str, Path], out_dir: Union[str, Path], utts_per
     data = load_data_dir(data_dir)
     signature = _plan_signature(data_dir, utts_per_shard, seed, SAMPLE_RATE, on_bad_audio)
     plan_file, list_file = out_dir / PLAN_FILE, out_dir / SHARD_LIST
-    if plan_file.is_file() and plan_file.read_text(encoding="utf-8") == signature and list_file.is_file():
+    same_plan = plan_file.is_file() and plan_file.read_text(encoding="utf-8") == signature
+    if same_plan and list_file.is_file():
         logger.info("%s: already written from %s with these settings", list_file, data_dir)
         return read_shard_list(list_file)
-    if not (plan_file.is_file() and plan_file.read_text(encoding="utf-8") == signature):
+    if not same_plan:
         for old in [*out_dir.glob("shard_*.tar"), list_file, out_dir / "utt2spk"]:
             old.unlink(missing_ok=True)  # another plan's shards must not be mixed in
         atomic_write_text(plan_file, signature)
