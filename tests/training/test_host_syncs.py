@@ -62,3 +62,15 @@ def test_the_counter_sees_per_utterance_reads():
         torch.arange(16)[lens > 8]  # boolean indexing: the output shape depends on the values
     assert int(longest) == 16
     assert counter.by_op["_local_scalar_dense"] == 15 and counter.by_op["index"] == 1
+
+
+def test_to_device_copies_host_lengths_and_keeps_a_tensor_already_there():
+    from wespeaker_lap.utils.host_syncs import to_device
+
+    lengths = torch.tensor([5, 3])
+    assert to_device(lengths, "cpu") is lengths
+    moved = to_device(lengths, "meta")  # stands in for a GPU: another device, no values to read back
+    assert moved.device.type == "meta" and moved.shape == (2,) and moved.dtype == torch.long
+    with HostSyncCounter() as syncs:
+        to_device(lengths, "meta")
+    assert syncs.total == 0

@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from wespeaker_lap.utils.host_syncs import to_device
+
 
 def frame_mask(lengths: Optional[Tensor], n_frames: int, device: Optional[torch.device] = None) -> Optional[Tensor]:
     """Boolean ``[B, T]`` mask on ``device`` (default: the lengths'), True on valid frames; ``None`` when every
@@ -32,11 +34,7 @@ def frame_mask(lengths: Optional[Tensor], n_frames: int, device: Optional[torch.
     if shortest == n_frames:
         return None
     device = lengths.device if device is None else torch.device(device)
-    if lengths.device != device:
-        if device.type == "cuda":
-            lengths = lengths.pin_memory()  # an asynchronous copy, not a pageable one
-        lengths = lengths.to(device, non_blocking=True)
-    return torch.arange(n_frames, device=device) < lengths[:, None]
+    return torch.arange(n_frames, device=device) < to_device(lengths, device)[:, None]
 
 
 def zero_padding(x: Tensor, mask: Optional[Tensor]) -> Tensor:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from wespeaker_lap.config import FinetuneConfig
+from wespeaker_lap.utils.host_syncs import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +119,8 @@ class HFUpstream(nn.Module):
                 wavs = _normalize_valid(wavs, None)
             out = self.model(wavs, output_hidden_states=True)
         else:
-            host = torch.tensor(lens, dtype=torch.long)
-            host = host.pin_memory() if wavs.device.type == "cuda" else host
-            valid = torch.arange(wavs.size(1), device=wavs.device) < host.to(wavs.device, non_blocking=True)[:, None]
+            host_lens = torch.tensor(lens, dtype=torch.long)
+            valid = torch.arange(wavs.size(1), device=wavs.device) < to_device(host_lens, wavs.device)[:, None]
             wavs = wavs * valid  # [B, S]
             if self.normalize_waveform:
                 wavs = _normalize_valid(wavs, valid)

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from wespeaker_lap.config import FinetuneConfig
 from wespeaker_lap.upstream.cache import HF_PREFIX, UpstreamError
+from wespeaker_lap.utils.host_syncs import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +154,7 @@ class Regularizers:
         frame_lens = list(wav_lens)
         for kernel, stride in self.conv:
             frame_lens = [max((n - kernel) // stride + 1, 0) for n in frame_lens]
-        host = torch.tensor(frame_lens, dtype=torch.long)
-        self._frame_lens = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+        self._frame_lens = to_device(torch.tensor(frame_lens, dtype=torch.long), device)
         if self.settings.layerdrop > 0:
             self._drop = torch.rand(self.n_layers, device=device) < self.settings.layerdrop  # [L], on the device
 

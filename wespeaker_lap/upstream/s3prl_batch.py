@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wespeaker_lap.utils.host_syncs import to_device
+
 MIN_SAMPLES = 800  # s3prl's MIN_SECOND * SAMPLE_RATE: shorter batches are zero-padded to this
 _EXPERT_MODULES = ("s3prl.upstream.wavlm.expert", "s3prl.upstream.hubert.expert", "s3prl.upstream.wav2vec2.expert")
 
@@ -64,7 +66,7 @@ def hidden_states(upstream: nn.Module, wavs: Tensor, lens: Sequence[int]) -> Tup
     wavs = wavs[:, :width]  # [B, S]
     padded = min(model_lens) < width
     if padded:
-        padding_mask = torch.arange(width, device=wavs.device) >= _on_device(model_lens, wavs.device)[:, None]
+        padding_mask = torch.arange(width, device=wavs.device) >= to_device(torch.tensor(model_lens, dtype=torch.long), wavs.device)[:, None]
         if _normalizes_waveform(expert):  # per utterance, over its own samples, as the expert does
             wavs = torch.stack([F.pad(F.layer_norm(wav[:n], (n,)), (0, width - n)) for wav, n in zip(wavs, model_lens)])
         wavs = wavs.masked_fill(padding_mask, 0.0)
@@ -97,10 +99,3 @@ def _match_length(hidden: Tensor, n_frames: int) -> Tensor:
         return hidden[:, :n_frames]
     return torch.cat([hidden, hidden[:, -1:].expand(-1, n_frames - hidden.size(1), -1)], dim=1)
 
-
-def _on_device(values: Sequence[int], device: torch.device) -> Tensor:
-    """A small int64 tensor on ``device`` through pinned memory (an asynchronous copy)."""
-    host = torch.tensor(values, dtype=torch.long)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)

@@ -16,6 +16,7 @@ import collections
 from typing import Any, Counter, Dict, Optional, Tuple
 
 import torch
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _aten = torch.ops.aten
@@ -58,3 +59,14 @@ class HostSyncCounter(TorchDispatchMode):
         if func is _aten.copy_.default:
             return args[0].device.type == "cpu" and args[1].device.type != "cpu"
         return False
+
+
+def to_device(host: Tensor, device: torch.device | str) -> Tensor:
+    """``host`` (a small CPU tensor, e.g. lengths) on ``device``; to a GPU through pinned memory, so the copy is
+    asynchronous and never a pageable one (which would wait for the device)."""
+    device = torch.device(device)
+    if host.device == device:
+        return host
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
